@@ -1,0 +1,22 @@
+"""Errors raised for users: one class per kind, each message names the path and what was expected."""
+from __future__ import annotations
+
+
+class DiadError(Exception):
+    """Base class of the errors that commands print without a traceback."""
+
+
+class DatasetLayoutError(DiadError):
+    """A dataset folder does not follow a known layout, or a file is missing or mismatched."""
+
+
+class ImageReadError(DiadError):
+    """An image or mask file cannot be decoded."""
+
+
+class ModelFolderError(DiadError):
+    """A model folder is incomplete, corrupt or does not match its manifest."""
+
+
+class CheckpointError(DiadError):
+    """A checkpoint is missing, corrupt or does not fit the model."""
