@@ -1,0 +1,136 @@
+"""A run folder: ``config.json``, ``checkpoints/*.safetensors``, ``logs/``, ``metrics.*`` and ``images/``.
+
+Checkpoints are safetensors only (no pickle). A training checkpoint holds the model tensors, the optimiser
+state flattened to tensors, the random-number-generator states and a JSON metadata block, and is written
+atomically (temporary file + ``os.replace``), so a run killed mid-write keeps its previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from runtime.errors import CheckpointError
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+LAST = "last.safetensors"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainingState:
+    """What ``--resume`` needs: model tensors, optimiser state, RNG states, step counters."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, scalars in info["scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_state(path: Path, state: TrainingState) -> None:
+    """Write a training checkpoint atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.model.items()}
+    meta = dict(state.meta)
+    if state.optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(state.optimizer)
+        tensors.update(opt_tensors)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"diad_edge": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> TrainingState:
+    """Read a checkpoint written by :func:`save_state`; :class:`CheckpointError` names a bad file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        tensors = load_file(str(path))
+
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("diad_edge", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    optimizer = None
+    if "optimizer" in meta:
+        opt = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        optimizer = _unflatten_optimizer(opt, meta.pop("optimizer"))
+    return TrainingState(model=model, optimizer=optimizer, meta=meta)
+
+
+class RunFolder:
+    """The files of one training run."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    def create(self) -> RunFolder:
+        for sub in (CHECKPOINTS, "logs", "images"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.root / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.root / CONFIG
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: not a run folder (config.json missing)") from None
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: corrupt config ({exc})") from None
+
+    def last_checkpoint(self) -> Path | None:
+        path = self.checkpoints / LAST
+        return path if path.is_file() else None
+
+    def append_log(self, name: str, row: dict[str, Any]) -> None:
+        """Append one row to ``logs/<name>.csv`` (header written with the first row)."""
+        path = self.root / "logs" / f"{name}.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
