@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from runtime.errors import DiadError
 
@@ -16,4 +16,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        raise SystemExit(0) from None
     raise SystemExit(status or 0)

@@ -11,8 +11,8 @@ both apply these same matrices, so there is one definition of the math.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """Pictures for people: heatmaps, overlays with mask contours, labelled tiles and grids (numpy + OpenCV)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -1,0 +1,175 @@
+"""runtime.synthetic and python -m training.synthetic: exact defect masks, determinism, layout, safe overwrite."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import synthetic
+from runtime.errors import DatasetLayoutError
+from runtime.preprocess import read_image, read_mask
+from training import synthetic as command
+from training.data import load_index
+from training.data.mvtec import load as load_mvtec_folders
+
+SMALL = {"size": 128, "train": 2, "test_good": 1, "test_defect": 1}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return command.generate(tmp_path_factory.mktemp("synthetic") / "data", seed=0, **SMALL)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ renderer
+
+
+@pytest.mark.parametrize("class_name", synthetic.CLASSES)
+def test_defects_change_exactly_the_masked_pixels(class_name):
+    for defect in synthetic.DEFECTS:
+        for seed in range(3):
+            clean, none = synthetic.render(class_name, np.random.default_rng(seed))
+            image, mask = synthetic.render(class_name, np.random.default_rng(seed), defect)
+            assert image.shape == (256, 256, 3) and image.dtype == np.uint8 and mask.dtype == np.uint8
+            assert not none.any() and set(np.unique(mask)) == {0, 1}
+            changed = (image != clean).any(axis=2)
+            assert not (changed & (mask == 0)).any(), f"{class_name}/{defect}: change outside the mask"
+            assert changed[mask == 1].mean() > 0.99, f"{class_name}/{defect}: mask covers unchanged pixels"
+            assert synthetic.MIN_AREA <= mask.mean() <= synthetic.MAX_AREA
+
+
+def test_images_vary_within_a_class_and_differ_between_classes():
+    images = {
+        c: [synthetic.render(c, np.random.default_rng(s))[0].astype(np.float32) for s in range(2)]
+        for c in synthetic.CLASSES
+    }
+    for c, (a, b) in images.items():
+        assert np.abs(a - b).mean() > 3, f"{c}: two normal images are nearly the same"
+        assert a.std() > 10, f"{c}: flat image"
+    means = [images[c][0].mean(axis=(0, 1)) for c in synthetic.CLASSES]
+    assert min(np.abs(m - n).max() for i, m in enumerate(means) for n in means[i + 1 :]) > 5
+
+
+def test_render_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown class 'bolt'"):
+        synthetic.render("bolt", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown defect 'dent'"):
+        synthetic.render("nut", np.random.default_rng(0), "dent")
+
+
+def test_conveyor_is_reproducible_and_labelled():
+    first = [next(frames) for frames in [synthetic.conveyor(7, defect_rate=0.5, size=96)] for _ in range(12)]
+    again = synthetic.conveyor(7, defect_rate=0.5, size=96)
+    for rgb, mask, class_name, defect in first:
+        rgb2, mask2, class2, defect2 = next(again)
+        assert np.array_equal(rgb, rgb2) and np.array_equal(mask, mask2) and (class_name, defect) == (class2, defect2)
+        assert rgb.shape == (96, 96, 3) and class_name in synthetic.CLASSES
+        assert mask.any() == (defect != synthetic.GOOD) and defect in (synthetic.GOOD, *synthetic.DEFECTS)
+    assert {d for *_, d in first} - {synthetic.GOOD}
+
+
+# ------------------------------------------------------------------------------------------- command
+
+
+def test_dataset_loads_in_both_mvtec_forms(dataset):
+    index = load_index(dataset)
+    assert index.layout == "mvtec-json"
+    assert len(index.classes) >= 3 and len({s.defect for s in index.samples} - {"good"}) >= 3
+    per_class = 2 + 1 + len(synthetic.DEFECTS)
+    assert len(index.samples) == per_class * len(synthetic.CLASSES)
+    folders = load_mvtec_folders(dataset)
+    assert sorted(folders.samples, key=lambda s: s.image) == sorted(index.samples, key=lambda s: s.image)
+
+
+def test_masks_are_non_empty_exactly_for_defect_images(dataset):
+    for sample in load_index(dataset).samples:
+        image = read_image(sample.image)
+        assert image.shape == (128, 128, 3)
+        if sample.label == 0:
+            assert sample.mask is None
+            continue
+        mask = read_mask(sample.mask)
+        assert set(np.unique(mask)) == {0, 255} and mask.shape == image.shape[:2]
+
+
+def test_files_match_the_renderer(dataset):
+    index = load_index(dataset)
+    sample = next(s for s in index.samples if s.class_name == "nut" and s.defect == "stain")
+    rgb, mask = synthetic.render(
+        "nut",
+        command.sample_rng(0, "nut", "stain", 0),
+        "stain",
+        128,
+    )
+    assert np.array_equal(read_image(sample.image), rgb) and np.array_equal(read_mask(sample.mask), mask * 255)
+
+
+def test_generation_is_deterministic(dataset, tmp_path):
+    same = command.generate(tmp_path / "same", seed=0, **SMALL)
+    other = command.generate(tmp_path / "other", seed=1, **SMALL)
+    assert files(same) == files(dataset)
+    different = files(other)
+    assert different.keys() == files(dataset).keys()
+    assert all(different[k] != v for k, v in files(dataset).items() if k.endswith(".png"))
+
+
+def test_marker_and_contact_sheet(dataset):
+    marker = json.loads((dataset / command.MARKER).read_text())
+    assert marker["generator"] == command.GENERATOR and marker["seed"] == 0 and marker["size"] == 128
+    sheet = read_image(dataset / command.CONTACT_SHEET)
+    columns, rows = command.SHEET_GOOD + len(synthetic.DEFECTS), len(synthetic.CLASSES)
+    assert sheet.shape == (rows * 258 - 2, columns * 258 - 2, 3)
+
+
+def test_rerun_replaces_its_own_output_and_refuses_anything_else(tmp_path):
+    out = command.generate(tmp_path / "data", seed=3, **SMALL)
+    (out / "stray.txt").write_text("from before")
+    command.generate(out, seed=3, **SMALL)
+    assert not (out / "stray.txt").exists() and (out / command.MARKER).is_file()
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(DatasetLayoutError, match="not empty and not a synthetic dataset"):
+        command.generate(foreign, **SMALL)
+    assert (foreign / "holiday.jpg").read_bytes() == b"not ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "photos"]  # no scratch folders left
+
+
+def test_an_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
+    def fail(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "contact_sheet", fail)
+    with pytest.raises(KeyboardInterrupt):
+        command.generate(tmp_path / "data", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line(tmp_path, capsys):
+    assert (
+        command.main(
+            [
+                str(tmp_path / "cli"),
+                "--seed",
+                "2",
+                "--size",
+                "96",
+                "--train",
+                "1",
+                "--test-good",
+                "0",
+                "--test-defect",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"wrote {len(synthetic.CLASSES) * (1 + len(synthetic.DEFECTS))} images" in out and "contact_sheet.png" in out
+    with pytest.raises(SystemExit):
+        command.main([str(tmp_path / "bad"), "--train", "0"])
+    assert "need seed >= 0" in capsys.readouterr().err
