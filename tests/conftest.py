@@ -13,3 +13,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # Two cores shared with other processes: OpenMP spin-waiting across 2 threads can make CPU tests 20x slower.
+    try:
+        import torch
+    except ImportError:  # the torch-free runtime's own test environment
+        return
+    torch.set_num_threads(1)

@@ -19,10 +19,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from runtime.errors import CheckpointError
+from training.models.diad import DiAD, build_model
+from training.models.presets import ModelConfig
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.safetensors"
+MODEL = "model.safetensors"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -120,6 +123,31 @@ class RunFolder:
             raise CheckpointError(f"{path}: not a run folder (config.json missing)") from None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: corrupt config ({exc})") from None
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL
+
+    def model_config(self) -> ModelConfig:
+        """The model section of ``config.json``."""
+        config = self.read_config()
+        if "model" not in config:
+            raise CheckpointError(f"{self.root / CONFIG}: no 'model' section (not a DiAD run folder)")
+        return ModelConfig.from_dict(config["model"])
+
+    def save_model(self, model: DiAD) -> None:
+        """Write the full model weights (context buffer included) to ``model.safetensors``, atomically."""
+        save_state(self.model_path, TrainingState(model.state_dict()))
+
+    def load_model(self, device: str | torch.device = "cpu") -> DiAD:
+        """The run's DiAD with its ``model.safetensors`` weights, loaded strictly."""
+        model = build_model(self.model_config(), device="cpu")
+        state = load_state(self.model_path).model
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.model_path}: weights do not fit the run's model config: {exc}") from None
+        return model.to(device).eval()
 
     def last_checkpoint(self) -> Path | None:
         path = self.checkpoints / LAST

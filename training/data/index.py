@@ -145,7 +145,8 @@ def check_index(index: DatasetIndex, expected: str, masks_required: bool = True)
 def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Carve a validation set out of training images: ``(train, val)``, the same for the same ``seed``.
 
-    Each class gives ``round(fraction * n)`` of its ``n`` images (keeping at least one for training), drawn
+    Each class gives ``round(fraction * n)`` of its ``n`` images, at least one when ``fraction > 0`` (and
+    keeping at least one for training), drawn
     with a generator seeded by ``seed`` and the class name, so adding a class changes no other class's split.
     Only ``train`` normal samples are accepted: validation never borrows from the test set.
     """
@@ -157,6 +158,7 @@ def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> t
     held_out: set[Path] = set()
     for name in sorted({s.class_name for s in samples}):
         images = sorted(s.image for s in samples if s.class_name == name)
-        count = min(round(fraction * len(images)), len(images) - 1)
+        wanted = max(1, round(fraction * len(images))) if fraction > 0 else 0
+        count = min(wanted, len(images) - 1)
         held_out.update(random.Random(f"{seed}:{name}").sample(images, count))
     return [s for s in samples if s.image not in held_out], [s for s in samples if s.image in held_out]

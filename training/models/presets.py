@@ -1,0 +1,215 @@
+"""The model configuration: a JSON-serialisable dataclass tree and the two presets, ``sd15`` and ``tiny``.
+
+``sd15`` has the reference sizes (SD-1.5 UNet, kl-f8 VAE, ControlNet hint encoder 16-32-96-256, CLIP-L context
+77x768). ``tiny`` has the same graph (block types, number of skips, SFF layout, 77-token context) at small widths,
+so it trains on a laptop CPU. Every width is a field, so sizes can be tuned by measurement.
+
+``python -m training.models.presets --preset sd15`` prints the parameter counts (built on the meta device, so
+nothing is allocated) next to the reference numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+INJECTIONS = ("mid+sff", "all")
+SFF_INITS = ("small_random", "zero")
+TRAINABLE_SETS = ("sg", "sg+decoder")
+CONTEXTS = ("clip", "random")
+
+# Parameter counts of the reference classes, in millions (diad-method.md §3, §4, §5, §7, §13).
+REFERENCE_PARAMETERS_M = {
+    "unet": 859.52,
+    "unet_encoder": 348.71,  # input_blocks 249.62 + middle 97.04 + time 2.05
+    "unet_decoder": 510.81,  # output_blocks 510.80 + out 0.012
+    "sg": 471.87,
+    "sg_encoder_copy": 348.71,
+    "hint_encoder": 1.09,
+    "zero_convs": 11.48,  # 12 skip convs 9.84 + middle 1.64
+    "sff": 110.59,
+    "vae": 83.65,
+    "vae_encoder": 34.16,
+    "vae_decoder": 49.49,
+    "unet+sg": 1331.39,
+    "trainable": 982.68,
+}
+
+
+@dataclass
+class VAEConfig:
+    """diffusers ``AutoencoderKL`` (kl-f8: four levels, so the latent is 1/8 of the image)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+
+@dataclass
+class UNetConfig:
+    """diffusers ``UNet2DConditionModel`` in the SD-1.5 layout (3 cross-attention down blocks + 1 plain)."""
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    # diffusers' (legacy) name: for SD-1.x this is the number of heads, 8, i.e. head widths 40, 80, 160.
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 768
+    norm_num_groups: int = 32
+    sample_size: int = 32  # latent side for 256x256 images
+    context_length: int = 77  # CLIP tokens
+
+
+@dataclass
+class SGConfig:
+    """The Semantic-Guided network: ControlNet hint encoder widths and the SFF initialisation gain."""
+
+    hint_channels: tuple[int, ...] = (16, 32, 96, 256)
+    sff_init_gain: float = 1e-2  # kaiming-normal x gain when ModelConfig.sff_init == "small_random"
+
+
+@dataclass
+class ScorerConfig:
+    """timm backbone whose feature maps are compared (``1 - cos``) between image and reconstruction."""
+
+    backbone: str = "resnet50"
+    layers: tuple[int, ...] = (1, 2, 3)
+    weights_tag: str = "a1_in1k"  # timm's default resnet50 weights in the reference's timm version
+    weights: str | None = None  # local .safetensors / timm checkpoint; None: look in the local HF cache
+
+
+@dataclass
+class InferenceConfig:
+    """Noise the latent to ``start_t``, then ``steps`` DDIM steps (eta 0) with the fixed noise of ``noise_seed``."""
+
+    start_t: int = 999
+    steps: int = 10
+    noise_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes the model graph and its inference; ``to_dict``/``from_dict`` round-trip via JSON.
+
+    ``injection``: "mid+sff" is the reference scripts' ``only_mid_control=True`` (only the middle residual and
+    the three SFF outputs reach the UNet); "all" is vanilla ControlNet (12 skips + mid, SFF replacing 9..11).
+    ``sff_init``: "small_random" lets SFF learn; "zero" is the reference (dead gradient, diad-method.md §6.3).
+    ``trainable``: "sg" (the paper) or "sg+decoder" (the reference code: SG + UNet up blocks + output layers).
+    ``context``: "clip" means the cross-attention context must be CLIP-L(""); "random" accepts a seeded
+    N(0, 1) stand-in (for models trained from scratch, e.g. ``tiny``).
+    """
+
+    name: str = "sd15"
+    image_size: int = 256
+    injection: str = "mid+sff"
+    sff_init: str = "small_random"
+    trainable: str = "sg+decoder"
+    context: str = "clip"
+    context_seed: int = 0
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    sg: SGConfig = field(default_factory=SGConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        for name, allowed in [
+            ("injection", INJECTIONS),
+            ("sff_init", SFF_INITS),
+            ("trainable", TRAINABLE_SETS),
+            ("context", CONTEXTS),
+        ]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config {name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.unet.sample_size * 2 ** (len(self.vae.block_out_channels) - 1) != self.image_size:
+            raise ValueError(
+                f"unet.sample_size {self.unet.sample_size} does not match image_size {self.image_size} "
+                f"through a VAE with {len(self.vae.block_out_channels)} levels"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not fall back to a default)."""
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected some of {sorted(fields)}")
+    kwargs = {}
+    for key, value in data.items():
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_dict(type(default), value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def sd15() -> ModelConfig:
+    """The reference sizes (SD-1.5 + kl-f8 + CLIP-L context)."""
+    return ModelConfig()
+
+
+def tiny() -> ModelConfig:
+    """The same graph at small widths, with a seeded random context (trains from scratch on a CPU)."""
+    return ModelConfig(
+        name="tiny",
+        context="random",
+        vae=VAEConfig(block_out_channels=(16, 32, 64, 64), norm_num_groups=8),
+        unet=UNetConfig(
+            block_out_channels=(32, 64, 128, 128), attention_head_dim=4, cross_attention_dim=32, norm_num_groups=8
+        ),
+        sg=SGConfig(hint_channels=(8, 16, 32, 32)),
+    )
+
+
+PRESETS = {"sd15": sd15, "tiny": tiny}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def format_parameter_table(counts: dict[str, int], reference_m: dict[str, float] | None = None) -> str:
+    """A Markdown table of parameter counts in millions, with a reference column when given."""
+    lines = ["| component | parameters (M) |" + (" reference (M) |" if reference_m else "")]
+    lines.append("|---|---:|" + ("---:|" if reference_m else ""))
+    for name, n in counts.items():
+        ref = f" {reference_m[name]:.2f} |" if reference_m and name in reference_m else (" |" if reference_m else "")
+        lines.append(f"| {name} | {n / 1e6:.2f} |{ref}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print a preset's config and parameter counts (meta device).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sd15", help="model preset (default: sd15)")
+    parser.add_argument("--config", action="store_true", help="also print the config as JSON (default: off)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from training.models.diad import build_model
+
+    config = get_preset(args.preset)
+    placeholder = torch.empty(config.unet.context_length, config.unet.cross_attention_dim, device="meta")
+    model = build_model(config, device="meta", context=placeholder)
+    if args.config:
+        print(json.dumps(config.to_dict(), indent=2))
+    print(format_parameter_table(model.parameter_counts(), REFERENCE_PARAMETERS_M if args.preset == "sd15" else None))
+
+
+if __name__ == "__main__":
+    main()
