@@ -25,7 +25,7 @@ from runtime.cli import run_cli
 from runtime.errors import CheckpointError
 from training.loop import Budget, Every, training_data
 from training.models.diad import build_model
-from training.models.presets import PRESETS, ModelConfig, get_preset
+from training.models.presets import PRESETS
 from training.run_folder import RunFolder, TrainingState, load_state, save_state
 
 CHECKPOINT = "vae_last.safetensors"
@@ -82,8 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def finetune(args: argparse.Namespace) -> None:
     run = RunFolder(args.out)
-    config = run.read_config() if (run.root / "config.json").exists() else {}
-    model_config = ModelConfig.from_dict(config["model"]) if "model" in config else get_preset(args.preset)
+    model_config, config = run.config_or_preset(args.preset)
     cfg = AutoencoderTrainConfig(
         lr=args.lr or 4.5e-5 * args.batch_size,
         batch_size=args.batch_size,
@@ -97,8 +96,7 @@ def finetune(args: argparse.Namespace) -> None:
     print("note: LPIPS is off (its VGG16 and LPIPS weights are not available locally); the loss is L1 + KL")
     torch.manual_seed(cfg.seed)
     model = build_model(model_config, device="cpu")
-    if run.model_path.exists():
-        model.load_state_dict(load_state(run.model_path).model, strict=True)
+    run.load_weights_into(model)
     autoencoder = model.vae.autoencoder.to(args.device).train()
     autoencoder.requires_grad_(True)
     logvar = torch.zeros((), device=args.device, requires_grad=True)

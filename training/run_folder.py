@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from runtime.errors import CheckpointError
 from training.models.diad import DiAD, build_model
-from training.models.presets import ModelConfig
+from training.models.presets import ModelConfig, get_preset
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -127,6 +127,22 @@ class RunFolder:
     @property
     def model_path(self) -> Path:
         return self.root / MODEL
+
+    def existing_config(self) -> dict[str, Any]:
+        """``config.json`` if the run has one yet, else an empty dict."""
+        return self.read_config() if (self.root / CONFIG).exists() else {}
+
+    def config_or_preset(self, preset: str) -> tuple[ModelConfig, dict[str, Any]]:
+        """The run's model config (or the preset's for a new run) and the whole ``config.json`` dict."""
+        config = self.existing_config()
+        return (ModelConfig.from_dict(config["model"]) if "model" in config else get_preset(preset)), config
+
+    def load_weights_into(self, model: DiAD) -> bool:
+        """Load ``model.safetensors`` into ``model`` if the run has one (from build_model or an earlier stage)."""
+        if not self.model_path.exists():
+            return False
+        model.load_state_dict(load_state(self.model_path).model, strict=True)
+        return True
 
     def model_config(self) -> ModelConfig:
         """The model section of ``config.json``."""

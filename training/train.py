@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,7 +34,7 @@ from runtime.cli import run_cli
 from runtime.errors import CheckpointError
 from training.loop import Budget, Every, distributed_setup, slowest, training_data
 from training.models.diad import DiAD, build_model
-from training.models.presets import PRESETS, TRAINABLE_SETS, ModelConfig, get_preset
+from training.models.presets import PRESETS, TRAINABLE_SETS
 from training.run_folder import RunFolder, TrainingState, load_state, save_state
 
 VALIDATION_TIMESTEPS = (50, 250, 500, 750, 950)
@@ -107,25 +106,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_run(args: argparse.Namespace, run: RunFolder) -> tuple[ModelConfig, dict[str, Any]]:
-    """The model config (from the run folder if it has one, else the preset) with the command's overrides."""
-    config = run.read_config() if (run.root / "config.json").exists() else {}
-    model_config = ModelConfig.from_dict(config["model"]) if "model" in config else get_preset(args.preset)
-    if args.trainable:
-        model_config.trainable = args.trainable
-    if args.injection:
-        model_config.injection = args.injection
-    return model_config, config
-
-
-def load_start_weights(run: RunFolder, model: DiAD) -> bool:
-    """Load ``model.safetensors`` if the run has one (from build_model or finetune_autoencoder)."""
-    if not run.model_path.exists():
-        return False
-    model.load_state_dict(load_state(run.model_path).model, strict=True)
-    return True
-
-
 @torch.no_grad()
 def validation_loss(model: DiAD, loader: DataLoader, with_sg: bool, device: torch.device) -> float:
     """epsilon-MSE at fixed timesteps with fixed noise: comparable from one validation to the next."""
@@ -158,7 +138,9 @@ def train(args: argparse.Namespace) -> DiAD:
     rank, world = distributed_setup()
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" and world > 1 else args.device)
     run = RunFolder(args.out)
-    model_config, config = prepare_run(args, run)
+    model_config, config = run.config_or_preset(args.preset)
+    model_config.trainable = args.trainable or model_config.trainable
+    model_config.injection = args.injection or model_config.injection
     cfg = TrainConfig(
         lr=args.lr or (1e-5 if model_config.name == "sd15" else 1e-3),
         weight_decay=args.weight_decay,
@@ -178,7 +160,7 @@ def train(args: argparse.Namespace) -> DiAD:
     )
     torch.manual_seed(cfg.seed)
     model = build_model(model_config, device="cpu")
-    started_from = load_start_weights(run, model)
+    started_from = run.load_weights_into(model)
     state = None
     if args.resume:
         last = run.last_checkpoint()
