@@ -1,19 +1,21 @@
 """training.checkpoints: every tensor of an LDM / DiAD / diffusers checkpoint lands where it belongs, or we fail.
 
 Tiny diffusers models with the SD-1.5 block layout are written in the original LDM key layout by an inverse
-mapping written here independently of diffusers, then read back through training.checkpoints.
+mapping written independently of diffusers (``tests/helpers/ldm_layout.py``), then read back through
+training.checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from helpers import ldm_layout
+from helpers.ldm_layout import POSITION_IDS, SCHEDULE, ldm_vae, randomized, sff_tensors
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -25,7 +27,6 @@ from training.checkpoints import (
     IGNORED_SCHEDULE,
     IGNORED_VAE_REPLACED,
     SD15_LDM_CONFIG,
-    SFF_KEY_MAP,
     diffusers_configs_from_ldm,
     load_diffusers_folder,
     load_original_checkpoint,
@@ -45,35 +46,9 @@ CLIP_CONFIG = CLIPTextConfig(
     hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=99,
     max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1,
 )  # fmt: skip
-SCHEDULE = {
-    "betas": torch.rand(1000),
-    "alphas_cumprod": torch.rand(1000),
-    "alphas_cumprod_prev": torch.rand(1000),
-    "sqrt_alphas_cumprod": torch.rand(1000),
-    "sqrt_one_minus_alphas_cumprod": torch.rand(1000),
-    "log_one_minus_alphas_cumprod": torch.rand(1000),
-    "sqrt_recip_alphas_cumprod": torch.rand(1000),
-    "sqrt_recipm1_alphas_cumprod": torch.rand(1000),
-    "posterior_variance": torch.rand(1000),
-    "posterior_log_variance_clipped": torch.rand(1000),
-    "posterior_mean_coef1": torch.rand(1000),
-    "posterior_mean_coef2": torch.rand(1000),
-    "logvar": torch.zeros(1000),
-    "model_ema.decay": torch.tensor(0.9999),
-    "model_ema.num_updates": torch.tensor(0, dtype=torch.int32),
-}
-POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
 
 # ---- tiny models with distinct random values in every tensor (so a swap of equal shapes shows) ----------------
-
-
-def randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=gen))
-    return model
 
 
 def new_unet() -> UNet2DConditionModel:
@@ -103,126 +78,16 @@ def models() -> dict[str, torch.nn.Module]:
     }
 
 
-# ---- diffusers -> original LDM key layout, written independently of diffusers' converters -----------------------
-
-
-def _resnet(rest: str) -> str:
-    renames = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
-    head, tail = rest.split(".", 1)
-    return f"{renames[head]}.{tail}"
-
-
-def encoder_key(key: str) -> str | None:
-    """UNet / ControlNet encoder half: diffusers key -> LDM key relative to the network."""
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0"}  # fmt: skip
-    head, _, tail = key.rpartition(".")
-    if head in fixed:
-        return f"{fixed[head]}.{tail}"
-    if m := re.fullmatch(r"down_blocks\.(\d)\.resnets\.(\d)\.(.+)", key):
-        return f"input_blocks.{3 * int(m[1]) + int(m[2]) + 1}.0.{_resnet(m[3])}"
-    if m := re.fullmatch(r"down_blocks\.(\d)\.attentions\.(\d)\.(.+)", key):
-        return f"input_blocks.{3 * int(m[1]) + int(m[2]) + 1}.1.{m[3]}"
-    if m := re.fullmatch(r"down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{3 * (int(m[1]) + 1)}.0.op.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(.+)", key):
-        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-        return f"middle_block.1.{m[1]}"
-    return None
-
-
-def unet_key(key: str) -> str:
-    if (ldm := encoder_key(key)) is not None:
-        return ldm
-    if m := re.fullmatch(r"up_blocks\.(\d)\.resnets\.(\d)\.(.+)", key):
-        return f"output_blocks.{3 * int(m[1]) + int(m[2])}.0.{_resnet(m[3])}"
-    if m := re.fullmatch(r"up_blocks\.(\d)\.attentions\.(\d)\.(.+)", key):
-        return f"output_blocks.{3 * int(m[1]) + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d)\.upsamplers\.0\.conv\.(.+)", key):
-        block = int(m[1])
-        slot = 2 if UNET_CONFIG["up_block_types"][block].startswith("CrossAttn") else 1
-        return f"output_blocks.{3 * block + 2}.{slot}.conv.{m[2]}"
-    head, _, tail = key.rpartition(".")
-    return {"conv_norm_out": "out.0", "conv_out": "out.2"}[head] + f".{tail}"
-
-
-def controlnet_key(key: str) -> str:
-    if (ldm := encoder_key(key)) is not None:
-        return ldm
-    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
-        return f"zero_convs.{m[1]}.0.{m[2]}"
-    if m := re.fullmatch(r"controlnet_mid_block\.(.+)", key):
-        return f"middle_block_out.0.{m[1]}"
-    if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d)\.(.+)", key):
-        return f"input_hint_block.{2 * int(m[1]) + 2}.{m[2]}"
-    head, _, tail = key.rpartition(".")
-    hint = {"controlnet_cond_embedding.conv_in": 0, "controlnet_cond_embedding.conv_out": 14}[head]
-    return f"input_hint_block.{hint}.{tail}"
-
-
-def vae_key(key: str) -> str:
-    n = len(VAE_CONFIG["block_out_channels"])
-    vres = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
-    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d)\.resnets\.(\d)\.(\w+)\.(\w+)", key):
-        return f"encoder.down.{m[1]}.block.{m[2]}.{vres[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d)\.downsamplers\.0\.conv\.(\w+)", key):
-        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d)\.resnets\.(\d)\.(\w+)\.(\w+)", key):
-        return f"decoder.up.{n - 1 - int(m[1])}.block.{m[2]}.{vres[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d)\.upsamplers\.0\.conv\.(\w+)", key):
-        return f"decoder.up.{n - 1 - int(m[1])}.upsample.conv.{m[2]}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)\.(\w+)", key):
-        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{vres[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(\w+)", key):
-        return f"{m[1]}.mid.attn_1.{attn[m[2]]}.{m[3]}"
-    return key.replace("conv_norm_out", "norm_out")  # conv_in, conv_out, (post_)quant_conv keep their names
-
-
-def clip_key(key: str) -> str:
-    return key if key.startswith("text_model.") else f"text_model.{key}"
-
-
-def to_ldm(model: torch.nn.Module, rename: Callable[[str], str], prefix: str) -> StateDict:
-    """The model's tensors under their LDM names; a bijection, attention 1x1 convs back to 4-D."""
-    out: StateDict = {}
-    for key, tensor in model.state_dict().items():
-        ldm = prefix + rename(key)
-        assert ldm not in out, f"two tensors map to {ldm}"
-        is_vae_attn = ".mid.attn_1." in ldm and ldm.endswith("weight") and tensor.ndim == 2
-        out[ldm] = tensor.clone()[:, :, None, None] if is_vae_attn else tensor.clone()
-    return out
-
-
-def sff_tensors(seed: int = 6) -> dict[str, torch.Tensor]:
-    """``control_model.down<i><j>.0.weight`` with distinct values; (out, in) channels as in the reference."""
-    gen = torch.Generator().manual_seed(seed)
-    channels = UNET_CONFIG["block_out_channels"]
-    in_ch = {6: channels[1], 7: channels[2], 8: channels[2]}
-    return {
-        f"control_model.{name}.0.weight": torch.randn(channels[3], in_ch[source], 3, 3, generator=gen)
-        for name, (source, _) in SFF_KEY_MAP.items()
-    }
-
-
 @pytest.fixture(scope="module")
 def sd_state(models) -> StateDict:
     """An SD-1.5 original checkpoint's tensors (copy before changing it)."""
-    return {
-        **to_ldm(models["unet"], unet_key, "model.diffusion_model."),
-        **to_ldm(models["vae"], vae_key, "first_stage_model."),
-        **to_ldm(models["text_encoder"], clip_key, "cond_stage_model.transformer."),
-        POSITION_IDS: torch.arange(77).unsqueeze(0),
-        **SCHEDULE,
-    }
+    return ldm_layout.sd_state(models["unet"], models["vae"], models["text_encoder"])
 
 
 @pytest.fixture(scope="module")
 def diad_state(models, sd_state) -> StateDict:
     """A reference-DiAD checkpoint's tensors: SD-1.5 plus control_model.* with the nine SFF convs."""
-    return {**sd_state, **to_ldm(models["controlnet"], controlnet_key, "control_model."), **sff_tensors()}
+    return ldm_layout.diad_state(sd_state, models["controlnet"], UNET_CONFIG["block_out_channels"])
 
 
 def assert_lands(model: torch.nn.Module, state: StateDict, source: Path, expected: torch.nn.Module) -> None:
@@ -351,7 +216,7 @@ def test_fine_tuned_vae_overrides(models, sd_state, tmp_path):
     sd_path = tmp_path / "v1-5-pruned.safetensors"
     save_file(sd_state, sd_path)
     ft_path = tmp_path / "mvtecad_fs.ckpt"
-    ae = {k.removeprefix("first_stage_model."): v for k, v in to_ldm(models["vae_ft"], vae_key, "").items()}
+    ae = ldm_vae(models["vae_ft"], prefix="")
     loss = {"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.randn(64, 3, 4, 4)}
     torch.save({"state_dict": {**ae, **loss}, "epoch": 3, "global_step": 25000}, ft_path)
 
@@ -367,7 +232,7 @@ def test_fine_tuned_vae_overrides(models, sd_state, tmp_path):
     assert vae_report.consumed == {"vae": len(ae)}
 
     prefixed = tmp_path / "ae.safetensors"  # the same autoencoder under first_stage_model.
-    save_file(to_ldm(models["vae_ft"], vae_key, "first_stage_model."), prefixed)
+    save_file(ldm_vae(models["vae_ft"]), prefixed)
     vae, report = load_vae_checkpoint(prefixed, VAE_CONFIG)
     assert_lands(new_vae(), vae, prefixed, models["vae_ft"])
     assert report.unexpected == [] and report.ignored == {}
@@ -383,7 +248,7 @@ def test_reference_diad_checkpoint(models, diad_state, tmp_path):
     assert_lands(new_controlnet(), ck.controlnet, ck.sources["controlnet"], models["controlnet"])
     assert_lands(new_unet(), ck.unet, ck.sources["unet"], models["unet"])
     assert_lands(new_vae(), ck.vae, ck.sources["vae"], models["vae"])
-    sff = sff_tensors()
+    sff = sff_tensors(UNET_CONFIG["block_out_channels"])
     assert set(ck.sff) == {sff_key(s, t) for s in (6, 7, 8) for t in (9, 10, 11)}
     for i, source in enumerate((6, 7, 8), start=1):
         for j, target in enumerate((9, 10, 11), start=1):

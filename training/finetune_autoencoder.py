@@ -11,6 +11,7 @@ points at local files, and the command says so when it runs without it.
 The run folder's ``model.safetensors`` (from ``training.build_model``, or a previous run) is the start when it
 exists; the result is written back into it, so ``training.train`` continues from the fine-tuned VAE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,7 +122,7 @@ def finetune(args: argparse.Namespace) -> None:
         meta = {"step": step, "elapsed": elapsed}
         save_state(run.checkpoints / CHECKPOINT, TrainingState(weights, optimizer.state_dict(), meta))
 
-    data = training_data(args.data, args.classes, 0.0, cfg.batch_size, cfg.seed)
+    data = training_data(args.data, args.classes, model_config.image_size, 0.0, cfg.batch_size, cfg.seed)
     batches = data.batches()
     budget = Budget(cfg.minutes, cfg.max_steps)
     generator = torch.Generator(args.device).manual_seed(cfg.seed + step)
@@ -140,7 +141,9 @@ def finetune(args: argparse.Namespace) -> None:
         elapsed += time.monotonic() - tick
         progress.update(1)
         progress.set_postfix(loss=f"{total:.1f}")
-        run.append_log("autoencoder", {"step": step, "loss": total, "logvar": float(logvar), "elapsed_s": round(elapsed, 2)})
+        run.append_log(
+            "autoencoder", {"step": step, "loss": total, "logvar": float(logvar), "elapsed_s": round(elapsed, 2)}
+        )
         if save_timer.due():
             checkpoint()
     progress.close()

@@ -1,4 +1,5 @@
 """Pieces shared by the training commands: cached training images, endless batches, time/step budgets, DDP."""
+
 from __future__ import annotations
 
 import os
@@ -48,14 +49,21 @@ class TrainingData:
 
 
 def training_data(
-    data: str, classes: str | None, val_fraction: float, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    data: str,
+    classes: str | None,
+    image_size: int,
+    val_fraction: float,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> TrainingData:
-    """Loaders over the normal training images of all (or the given comma-separated) classes."""
+    """Loaders over the normal training images (resized to ``image_size``) of all or the given classes."""
     index = load_index(data, classes.split(",") if classes else None)
     train, val = split_validation(index.split("train"), val_fraction, seed)
     if len(train) < world:
         raise DatasetLayoutError(f"{data}: too few training images left after holding out validation images")
-    train_set = CachedImages(AnomalyDataset(train))
+    train_set = CachedImages(AnomalyDataset(train, image_size))
     sampler = DistributedSampler(train_set, world, rank, seed=seed, drop_last=True) if world > 1 else None
     loader = DataLoader(
         train_set,
@@ -65,7 +73,7 @@ def training_data(
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    val_loader = DataLoader(CachedImages(AnomalyDataset(val)), batch_size=batch_size) if val else None
+    val_loader = DataLoader(CachedImages(AnomalyDataset(val, image_size)), batch_size=batch_size) if val else None
     return TrainingData(loader, val_loader, sampler)
 
 
@@ -78,7 +86,10 @@ class Budget:
 
     def progress(self, elapsed: float, step: int) -> float:
         """How much of the budget is spent, 0..1 (the larger of time and steps)."""
-        parts = [elapsed / (60 * self.minutes) if self.minutes else 0.0, step / self.max_steps if self.max_steps else 0.0]
+        parts = [
+            elapsed / (60 * self.minutes) if self.minutes else 0.0,
+            step / self.max_steps if self.max_steps else 0.0,
+        ]
         return max(parts)
 
     def finished(self, elapsed: float, step: int) -> bool:

@@ -157,8 +157,8 @@ class RunFolder:
 
     def load_model(self, device: str | torch.device = "cpu") -> DiAD:
         """The run's DiAD with its ``model.safetensors`` weights, loaded strictly."""
-        model = build_model(self.model_config(), device="cpu")
         state = load_state(self.model_path).model
+        model = build_model(self.model_config(), device="cpu", context=state.get("context"))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -15,6 +15,7 @@ The run folder gets ``config.json``, ``logs/train.csv`` (and TensorBoard events 
 at the end. Validation: the epsilon-MSE at fixed timesteps and noise on held-out normal training images,
 never on test images. Multi-GPU / multi-process: launch with ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,7 +137,9 @@ def stage_at(progress: float, cfg: TrainConfig) -> str:
 def train(args: argparse.Namespace) -> DiAD:
     """Run the training described by the command-line ``args``; returns the trained model."""
     rank, world = distributed_setup()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" and world > 1 else args.device)
+    device = torch.device(
+        f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" and world > 1 else args.device
+    )
     run = RunFolder(args.out)
     model_config, config = run.config_or_preset(args.preset)
     model_config.trainable = args.trainable or model_config.trainable
@@ -180,7 +183,9 @@ def train(args: argparse.Namespace) -> DiAD:
                 "unless python -m training.finetune_autoencoder ran first"
             )
 
-    data = training_data(args.data, args.classes, cfg.val_fraction, cfg.batch_size, cfg.seed, rank, world)
+    data = training_data(
+        args.data, args.classes, model_config.image_size, cfg.val_fraction, cfg.batch_size, cfg.seed, rank, world
+    )
     meta = state.meta if state else {"step": 0, "elapsed": 0.0, "stage": None}
     step, elapsed = int(meta["step"]), float(meta["elapsed"])
     budget = Budget(cfg.minutes, cfg.max_steps)
