@@ -13,13 +13,13 @@ from runtime.metrics import KEYS
 from training import evaluate as ev
 from training.data import AnomalyDataset, Sample, load_index
 from training.models.diad import build_model
-from training.models.presets import get_preset
+from training.models.presets import InferenceConfig, get_preset, tiny
 from training.models.scorer import FeatureScorer
 from training.run_folder import RunFolder
 from training.synthetic import generate
 
 pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
-SIZE = 256
+SIZE = tiny().image_size
 STRIP_WIDTH = 5 * SIZE + 4 * 2  # five tiles, runtime.visualize.grid's 2-pixel padding
 
 
@@ -35,6 +35,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     config = get_preset("tiny")
+    config.injection, config.inference = "mid+sff", InferenceConfig(start_t=999, steps=10)  # the reference's
     torch.manual_seed(0)
     run = RunFolder(tmp_path_factory.mktemp("run")).create()
     run.write_config({"model": config.to_dict()})
@@ -44,7 +45,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """4 classes x (1 good + 4 defect types) test images, 64 pixels (the dataset resizes them to 256)."""
+    """4 classes x (1 good + 4 defect types) test images, 64 pixels (the dataset resizes them to SIZE)."""
     return generate(tmp_path_factory.mktemp("data") / "synthetic", train=1, test_good=1, test_defect=1, size=64)
 
 
@@ -144,7 +145,7 @@ def test_api_vae_method_is_decode_of_encode_mean(run_dir, data_dir):
     assert result.settings == ev.Settings(steps=1, start_t=999, injection="mid+sff", noise_seed=0)
     assert result.maps["diad"].dtype == np.float32 and result.maps["vae"].shape == (2, SIZE, SIZE)
     assert list(result.pictures) == [1] and result.pictures[1]["diad"].shape == (SIZE, SIZE, 3)
-    image = torch.stack([AnomalyDataset(samples)[i]["image"] for i in range(2)])
+    image = torch.stack([AnomalyDataset(samples, SIZE)[i]["image"] for i in range(2)])
     with torch.no_grad():
         vae_map, vae_score = scorer(image, model.vae.decode(model.vae.encode_mean(image)))
         _, diad_score = scorer(image, model.reconstruct(image, steps=1)["reconstruction"])
@@ -156,7 +157,9 @@ def test_api_vae_method_is_decode_of_encode_mean(run_dir, data_dir):
 
 def test_injection_switches_in_place():
     torch.manual_seed(0)
-    model = build_model(get_preset("tiny")).eval()
+    config = get_preset("tiny")
+    config.injection = "mid+sff"
+    model = build_model(config).eval()
     with torch.no_grad():  # make skips 0..8 matter: their zero convs are zero at initialisation
         for p in model.sg.controlnet.controlnet_down_blocks.parameters():
             p.normal_(0, 0.05)
@@ -207,6 +210,7 @@ def test_limit_keeps_both_labels_and_pictures_prefer_defects():
 
 def test_settings_tag_names_the_overrides():
     config = get_preset("tiny")
+    config.injection = "mid+sff"
     default = ev.Settings.of(config)
     assert default.tag(default) == ""
     assert ev.Settings.of(config, steps=5, injection="all").tag(default) == "steps5_injection-all"

@@ -34,8 +34,11 @@ def perturb(module: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> None
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def images(n: int, seed: int = 0, size: int = 256) -> torch.Tensor:
-    """ImageNet-normalised-like noise images; checks that do not need 256x256 use 128x128 to save time."""
+TINY_SIZE, TINY_LATENT = tiny().image_size, tiny().unet.sample_size
+
+
+def images(n: int, seed: int = 0, size: int = TINY_SIZE) -> torch.Tensor:
+    """ImageNet-normalised-like noise images, at the tiny preset's image size unless told otherwise."""
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -79,8 +82,8 @@ def test_tiny_shapes_end_to_end(model):
         latent = model.vae.encode_mean(x)
         hint = model.sg.encode_hint(x)
         eps = model.denoise(latent, 500, hint)
-    assert latent.shape == (2, 4, 32, 32)
-    assert hint.shape == (2, tiny().unet.block_out_channels[0], 32, 32)
+    assert latent.shape == (2, 4, TINY_LATENT, TINY_LATENT)
+    assert hint.shape == (2, tiny().unet.block_out_channels[0], TINY_LATENT, TINY_LATENT)
     assert eps.shape == latent.shape
 
     calls = []
@@ -92,7 +95,7 @@ def test_tiny_shapes_end_to_end(model):
         del model.sg.encode_hint
     assert calls == [1]  # the hint is encoded once per image, not once per step
     assert out["reconstruction"].shape == out["vae_reconstruction"].shape == x.shape
-    assert out["sample_latent"].shape == out["latent"].shape == (2, 4, 32, 32)
+    assert out["sample_latent"].shape == out["latent"].shape == (2, 4, TINY_LATENT, TINY_LATENT)
 
 
 def test_reconstruct_is_deterministic_and_batch_independent(model):
@@ -136,7 +139,7 @@ def test_sg_contributes_zero_at_init_and_injects_per_mode_after_training(injecti
     m = tiny_model(injection=injection)
     x = images(1)
     g = torch.Generator().manual_seed(5)
-    x_t = torch.randn(1, 4, 32, 32, generator=g)
+    x_t = torch.randn(1, 4, TINY_LATENT, TINY_LATENT, generator=g)
     with torch.no_grad():
         plain = m.unet(x_t, 700, encoder_hidden_states=m.context[None]).sample
         assert torch.equal(m.denoise(x_t, 700, None), plain)
@@ -166,7 +169,7 @@ def _sff_values(m: DiAD) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("sff_init", ["small_random", "zero"])
 def test_sff_learns_unless_zero_initialised(sff_init):
-    m = tiny_model(sff_init=sff_init, trainable="sg")
+    m = tiny_model(sff_init=sff_init, trainable="sg", injection="mid+sff")  # the reference scripts' wiring
     before = _sff_values(m)
     assert len(before) == 9
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
@@ -281,8 +284,8 @@ def _reference_postprocess(cos_maps: list[torch.Tensor]) -> tuple[np.ndarray, np
 
 
 def test_scorer_matches_reference_and_runtime(random_scorer):
-    x = images(2, seed=7)
-    rec = x + 0.3 * images(2, seed=8)
+    x = images(2, seed=7, size=256)
+    rec = x + 0.3 * images(2, seed=8, size=256)
     rec[1, :, 100:140, 60:120] += 2.0  # a local defect
     with torch.no_grad():
         cos = random_scorer.cos_maps(x, rec)
