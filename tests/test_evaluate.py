@@ -23,15 +23,6 @@ SIZE = tiny().image_size
 STRIP_WIDTH = 5 * SIZE + 4 * 2  # five tiles, runtime.visualize.grid's 2-pixel padding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     config = get_preset("tiny")
