@@ -3,3 +3,7 @@
 Imports only numpy and OpenCV (plus ONNX Runtime, TensorRT and cuda-python where installed), so it runs on a
 Jetson image without torch.
 """
+
+from runtime.detector import Detector, Prediction
+
+__all__ = ["Detector", "Prediction"]

@@ -20,3 +20,11 @@ class ModelFolderError(DiadError):
 
 class CheckpointError(DiadError):
     """A checkpoint is missing, corrupt or does not fit the model."""
+
+
+class SourceError(DiadError):
+    """A frame source cannot be opened, or a live source is lost for good."""
+
+
+class BackendError(DiadError):
+    """An inference backend (ONNX Runtime, TensorRT, a GPU) is missing or cannot run the model folder."""

@@ -22,3 +22,45 @@ def pytest_configure(config):
     except ImportError:  # the torch-free runtime's own test environment
         return
     torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------ shared artefacts (built once per session)
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small synthetic dataset: 4 classes x (2 train, 1 good + 1 per defect type test), 64 pixels."""
+    from training.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "synthetic", train=2, test_good=1, test_defect=1, size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """An untrained `tiny` run folder (seeded weights; the zero-initialised convs made small and random, as
+    training makes them, so the SG network reaches the UNet): enough for export, parity and runtime tests."""
+    import torch
+
+    from training.models.diad import build_model
+    from training.models.presets import get_preset
+    from training.run_folder import RunFolder
+
+    config = get_preset("tiny")
+    torch.manual_seed(0)
+    run = RunFolder(tmp_path_factory.mktemp("run")).create()
+    run.write_config({"model": config.to_dict()})
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    run.save_model(model)
+    return run.root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_run, tmp_path_factory):
+    """The FP32 model folder of ``tiny_run`` (written by `python -m export`)."""
+    from export.__main__ import main
+
+    out = tmp_path_factory.mktemp("models") / "tiny-fp32"
+    assert main(["--run", str(tiny_run), "--out", str(out), "--max-batch", "4", "--no-verify"]) == 0
+    return out

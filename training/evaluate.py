@@ -50,7 +50,7 @@ from runtime.visualize import grid, heatmap, label, overlay, write_rgb
 from training.data import AnomalyDataset, Sample, load_index
 from training.models.diad import DiAD
 from training.models.presets import INJECTIONS, ModelConfig
-from training.models.scorer import FeatureScorer, cached_weights
+from training.models.scorer import FeatureScorer, cached_weights, seeded_scorer
 from training.run_folder import RunFolder, atomic_write_text
 
 METHODS = ("diad", "vae")
@@ -461,8 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     model = run.load_model(device)
     set_injection(model, settings.injection)
-    torch.manual_seed(settings.noise_seed)  # a random backbone (no scorer weights) is the same in every run
-    scorer = FeatureScorer.from_config(config.scorer, config.image_size).to(device)
+    scorer = seeded_scorer(config.scorer, config.image_size, settings.noise_seed).to(device)
     result = evaluate(
         model, scorer, samples, settings.steps, settings.start_t, args.batch_size,
         choose_pictures(samples, args.pictures), args.workers,

@@ -115,3 +115,11 @@ class FeatureScorer(nn.Module):
 
     def forward(self, image: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.postprocess(self.cos_maps(image, reconstruction))
+
+
+def seeded_scorer(config: ScorerConfig, image_size: int, seed: int) -> FeatureScorer:
+    """The scorer of a run, as evaluation and export build it: a backbone without weights is drawn from
+    ``seed`` (the noise seed), so every command scores with the same random features."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return FeatureScorer.from_config(config, image_size)

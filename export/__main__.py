@@ -1,0 +1,67 @@
+"""``python -m export --run RUN_DIR --out MODEL_DIR``: a trained run -> a self-contained model folder."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.model_folder import write_model_folder
+from export.onnx import DEFAULT_OPSET
+from export.parity import format_parity, parity
+from runtime.cli import run_cli
+from runtime.errors import CheckpointError
+from runtime.manifest import PRECISIONS
+from training.models.scorer import seeded_scorer
+from training.run_folder import RunFolder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("--run", required=True, help="training run folder (config.json + model.safetensors)")
+    parser.add_argument("--out", required=True, help="model folder to write (replaced if it is one already)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
+    parser.add_argument("--max-batch", type=int, default=8, help="largest batch the runtime may use (default 8)")
+    parser.add_argument("--steps", type=int, help="DDIM steps recorded as default (default: the run's config)")
+    parser.add_argument("--start-t", type=int, help="start timestep recorded as default (default: the run's)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=True,
+        help="compare every graph with PyTorch on ONNX Runtime after the export (default on)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_batch < 1:
+        parser.error("--max-batch must be at least 1")
+    run = RunFolder(args.run)
+    if not run.root.is_dir():
+        raise CheckpointError(f"{run.root}: run folder not found")
+    if not run.model_path.is_file():
+        raise CheckpointError(f"{run.model_path}: missing; train the run first (python -m training.train)")
+    model = run.load_model("cpu")
+    config = model.config
+    scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
+    try:
+        manifest, exported = write_model_folder(
+            model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
+            source=str(Path(args.run).resolve()),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    print(f"model folder {manifest.root} ({args.precision}, opset {args.opset}, preset {config.name})")
+    print("| component | files | MiB | export s |\n|:---|:---|---:|---:|")
+    for e in exported:
+        print(f"| {e.name} | {', '.join(f.name for f in e.files)} | {e.bytes / 2**20:.1f} | {e.seconds:.1f} |")
+    plan = manifest.plan()
+    print(f"DDIM {len(plan.timesteps)} steps from t={plan.start_t}: {plan.timesteps.tolist()}")
+    if args.verify:
+        print(format_parity(parity(model, scorer, manifest)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

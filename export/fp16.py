@@ -1,0 +1,106 @@
+"""FP32 ONNX -> strongly typed FP16 ONNX that TensorRT 10.3-11.x builds without precision flags.
+
+The heavy networks (VAE, SG network + UNet, the scorer's backbone: the nodes the exporter names after a module,
+``/<module>/.../<Op>``) become FP16. Kept in FP32, with casts around them: normalisation (GroupNorm is exported as
+InstanceNormalization, LayerNorm as LayerNormalization) and softmax, whose accumulations overflow or lose
+precision in FP16; the sinusoidal timestep projection (``time_proj``: ``t * freq`` up to 999 rad has an FP16
+spacing of 0.5 rad); and everything outside the heavy scope (the DDIM update, the cosine distances, the
+upsample/blur/pool matrices: root-level nodes such as ``/Mul_3``). Graph inputs and outputs stay FP32.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import onnx
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
+FP32_SCOPES = ("time_proj",)
+
+
+PASS_THROUGH = ("Identity", "Constant")  # the exporter's anonymous weight aliases follow their consumers
+
+
+def fp32_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes kept in FP32 besides the :data:`FP32_OPS`: root-level glue and :data:`FP32_SCOPES`."""
+    return [
+        node.name
+        for node in model.graph.node
+        if (node.name.count("/") < 2 and node.op_type not in PASS_THROUGH)
+        or any(f"/{scope}/" in node.name for scope in FP32_SCOPES)
+    ]
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The FP16 graph of ``model`` (FP32 I/O), see the module docstring for what stays FP32."""
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+        node_block_list=fp32_nodes(model),
+        disable_shape_infer=model.ByteSize() > 2**31 - 1,
+    )
+    topological_sort(converted.graph)
+    return converted
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` in place so every node follows its producers (the converter appends the casts it
+    inserts at the end; the ONNX checker and TensorRT's parser need the order). Kahn's algorithm, stable."""
+    nodes = list(graph.node)
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
+    consumers: dict[int, list[int]] = {k: [] for k in range(len(nodes))}
+    waiting = [0] * len(nodes)
+    for k, node in enumerate(nodes):
+        for name in {i for i in node.input if i in producer}:
+            consumers[producer[name]].append(k)
+            waiting[k] += 1
+    ready = [k for k in range(len(nodes)) if waiting[k] == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for c in consumers[k]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
+    if len(ordered) != len(nodes):
+        raise ValueError(f"graph has a cycle: {len(nodes) - len(ordered)} nodes cannot be ordered")
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def precision_census(model: onnx.ModelProto) -> dict[str, int]:
+    """How many initializer elements are FP16 and FP32 (what the conversion achieved)."""
+    count = {"fp16": 0, "fp32": 0}
+    for tensor in model.graph.initializer:
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if tensor.data_type == onnx.TensorProto.FLOAT16:
+            count["fp16"] += size
+        elif tensor.data_type == onnx.TensorProto.FLOAT:
+            count["fp32"] += size
+    return count
+
+
+def ort_cpu_fallbacks(path: str) -> dict[str, int]:
+    """Node types that ONNX Runtime's CPU provider feeds through its own inserted FP32 casts in an FP16 graph
+    (``InsertedPrecisionFreeCast_*``: no FP16 kernel there, so it computes them in FP32), with counts."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.optimized_model_filepath = f"{tmp}/cpu.onnx"
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(f"{tmp}/cpu.onnx", load_external_data=False).graph
+    casts = {o for n in graph.node if n.name.startswith("InsertedPrecisionFreeCast") for o in n.output}
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Cast" and casts.intersection(node.input):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

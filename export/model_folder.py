@@ -1,0 +1,143 @@
+"""Run folder -> model folder: the five ONNX graphs (FP32 or FP16) and ``manifest.json``."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from export.fp16 import to_fp16
+from export.graphs import Component, components
+from export.onnx import DEFAULT_OPSET, check, export_component, save
+from runtime.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, Manifest, file_entry
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, ddim_plan
+from training.models.diad import DiAD
+from training.models.scorer import FeatureScorer, cached_weights
+
+LIBRARIES = ("diad-edge", "torch", "diffusers", "timm", "onnx", "onnxruntime")
+
+
+@dataclass
+class ExportedComponent:
+    name: str
+    files: list[Path]
+    seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def export_one(component: Component, out: Path, precision: str, opset: int) -> ExportedComponent:
+    """Export one component to ``out/<name>.onnx`` (FP16: converted from the FP32 export, then re-checked)."""
+    start = time.perf_counter()
+    path = out / f"{component.name}.onnx"
+    files = export_component(component, path, opset)
+    if precision == "fp16":
+        files = save(to_fp16(onnx.load(str(path))), path)
+        check(path)
+    return ExportedComponent(component.name, files, time.perf_counter() - start)
+
+
+def write_model_folder(
+    model: DiAD,
+    scorer: FeatureScorer,
+    out: str | Path,
+    precision: str = "fp32",
+    max_batch: int = 8,
+    steps: int | None = None,
+    start_t: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    source: str = "",
+    progress: bool = True,
+) -> tuple[Manifest, list[ExportedComponent]]:
+    """Export ``model`` + ``scorer`` into ``out`` and write its manifest; returns it with per-component figures.
+
+    The folder is written under ``out.partial`` and renamed at the end, so an interrupted export never leaves a
+    folder that looks complete.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if opset < 17:
+        raise ValueError(f"opset {opset}: LayerNormalization needs opset 17 or later")
+    config = model.config
+    plan = ddim_plan(steps or config.inference.steps, start_t or config.inference.start_t)
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    model.eval()
+    graphs = components(model, scorer)
+    exported = [export_one(c, partial, precision, opset) for c in tqdm(graphs, desc="export", disable=not progress)]
+
+    entries = {}
+    for graph, result in zip(graphs, exported):
+        entry = file_entry(partial, result.files[0].name)
+        entry["external_data"] = [file_entry(partial, f.name) for f in result.files[1:]]
+        entries[graph.name] = {**entry, **graph.io_spec()}
+    latent_shape = list(graphs[0].outputs["latent"][1:])
+    data = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "preset": config.name,
+        "image_size": config.image_size,
+        "latent_shape": latent_shape,
+        "hint_shape": list(graphs[1].outputs["hint"][1:]),
+        "injection": model.sg.injection,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": "pil-bilinear-antialias"},
+        "precision": precision,
+        "opset": opset,
+        "max_batch": max_batch,
+        "schedule": {
+            "beta_schedule": "scaled_linear",
+            "beta_start": BETA_START,
+            "beta_end": BETA_END,
+            "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+            "eta": 0.0,
+            **plan.to_dict(),
+        },
+        "noise": {
+            "policy": "fixed",
+            "seed": config.inference.noise_seed,
+            "generator": "numpy.random.default_rng(seed).standard_normal(latent_shape, float32)",
+            "shape": latent_shape,
+        },
+        "scorer": {
+            "backbone": config.scorer.backbone,
+            "layers": list(config.scorer.layers),
+            "weights": config.scorer.weights or cached_weights(config.scorer.backbone, config.scorer.weights_tag),
+        },
+        "components": {name: entries[name] for name in COMPONENTS},
+        "engines": {},
+        "thresholds": {},
+        "versions": library_versions(),
+    }
+    manifest = Manifest(partial, data)
+    manifest.save()
+    if out.exists():
+        if not (out / MANIFEST).is_file():
+            raise FileExistsError(f"{out}: exists and is not a model folder; refusing to replace it")
+        shutil.rmtree(out)
+    partial.rename(out)
+    exported = [ExportedComponent(e.name, [out / f.name for f in e.files], e.seconds) for e in exported]
+    return Manifest.load(out), exported
+

@@ -1,0 +1,105 @@
+"""ONNX Runtime against PyTorch, component by component, on random and on real inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.graphs import Component, components
+from runtime.manifest import Manifest
+from runtime.schedule import ddim_plan, fixed_noise, q_sample
+from training.models.diad import DiAD
+from training.models.scorer import FeatureScorer
+
+
+@dataclass
+class Parity:
+    component: str
+    inputs: str
+    max_abs: float
+    max_ref: float  # largest |torch output|, to read max_abs against
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs / max(self.max_ref, 1e-12)
+
+
+def session(path: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def real_inputs(model: DiAD, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Per component, inputs met in real inference: the images, their latents noised as the plan does, the
+    hint, a DDIM step's numbers and the VAE's reconstructions."""
+    config = model.config
+    plan = ddim_plan(config.inference.steps, config.inference.start_t)
+    batch = len(images)
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        latent = model.vae.encode_mean(x).numpy()
+        hint = model.sg.encode_hint(x).numpy()
+        recon = model.vae.decode(torch.from_numpy(latent)).numpy()
+    noised = q_sample(latent, fixed_noise(latent.shape[1:], config.inference.noise_seed), plan.start_alpha)
+
+    def vector(value: float) -> np.ndarray:
+        return np.full((batch,), value, np.float32)
+
+    return {
+        "vae_encoder": {"image": images},
+        "hint_encoder": {"image": images},
+        "denoise_step": {
+            "x_t": noised, "hint": hint, "timestep": vector(plan.timesteps[0]),
+            "alpha_t": vector(plan.alphas[0]), "alpha_prev": vector(plan.alphas_prev[0]),
+        },
+        "vae_decoder": {"latent": latent},
+        "scorer": {"image": images, "reconstruction": recon},
+    }
+
+
+def random_inputs(component: Component, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {k: rng.standard_normal(tuple(v.shape), dtype=np.float32) for k, v in component.inputs.items()}
+    if component.name == "denoise_step":
+        batch = len(feeds["x_t"])
+        feeds["timestep"] = rng.integers(1, 1000, batch).astype(np.float32)
+        feeds["alpha_t"] = rng.uniform(0.005, 0.5, batch).astype(np.float32)
+        feeds["alpha_prev"] = np.minimum(feeds["alpha_t"] * 2, 0.999).astype(np.float32)
+    return feeds
+
+
+def run_torch(component: Component, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = component.module(*(torch.from_numpy(feeds[k]) for k in component.inputs))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def parity(
+    model: DiAD, scorer: FeatureScorer, manifest: Manifest, images: np.ndarray | None = None, seed: int = 0
+) -> list[Parity]:
+    """Max |ORT - torch| per component and output, on random inputs and (given ``images``) on real ones."""
+    model.eval()
+    real = real_inputs(model, images) if images is not None else {}
+    results = []
+    for component in components(model, scorer):
+        sess = session(str(manifest.path(component.name)))
+        cases = {"random": random_inputs(component, seed)}
+        if component.name in real:
+            cases["real"] = real[component.name]
+        for kind, feeds in cases.items():
+            got = sess.run(list(component.outputs), feeds)
+            for name, a, b in zip(component.outputs, got, run_torch(component, feeds)):
+                label = component.name if len(component.outputs) == 1 else f"{component.name}.{name}"
+                results.append(Parity(label, kind, float(np.abs(a - b).max()), float(np.abs(b).max())))
+    return results
+
+
+def format_parity(results: list[Parity]) -> str:
+    lines = ["| component | inputs | max abs error | max abs value | relative |", "|:---|:---|---:|---:|---:|"]
+    lines += [
+        f"| {r.component} | {r.inputs} | {r.max_abs:.3g} | {r.max_ref:.3g} | {r.relative:.2g} |" for r in results
+    ]
+    return "\n".join(lines) + "\n"

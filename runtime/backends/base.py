@@ -1,0 +1,46 @@
+"""What every inference backend implements: the DiAD pipeline on a batch of pre-processed images.
+
+encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with the fixed noise
+(:func:`runtime.schedule.q_sample`) -> ``denoise_step`` once per DDIM step -> ``vae_decoder`` -> ``scorer``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.manifest import Manifest
+from runtime.schedule import DDIMPlan
+
+STAGES = ("encode", "steps", "decode", "score")
+
+
+@dataclass
+class BackendOutput:
+    """Raw results for a batch: maps ``(B, S, S)``, scores ``(B,)``, optional reconstructions ``(B, 3, S, S)``
+    (ImageNet-normalised) and wall seconds per stage for the whole batch (``STAGES``)."""
+
+    anomaly_map: np.ndarray
+    score: np.ndarray
+    reconstruction: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One model folder on one device. ``run`` is synchronous: outputs are host arrays when it returns."""
+
+    name: str = ""
+
+    def __init__(self, manifest: Manifest, device: str = "cpu"):
+        self.manifest = manifest
+        self.device = device
+
+    @abstractmethod
+    def run(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> BackendOutput:
+        """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 latent-shaped ``(4, s, s)`` or ``(B, 4, s, s)``."""
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""

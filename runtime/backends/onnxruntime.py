@@ -1,0 +1,132 @@
+"""ONNX Runtime backend: CPU by default, the CUDA or TensorRT execution provider when installed.
+
+Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
+memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
+down. On the CPU the same code binds host memory.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime.backends.base import Backend, BackendOutput
+from runtime.errors import BackendError
+from runtime.manifest import COMPONENTS, Manifest
+from runtime.schedule import DDIMPlan, q_sample
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError(
+            "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT)"
+        ) from None
+    return onnxruntime
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"tensorrt"`` or ``"tensorrt:0"`` -> (kind, device id)."""
+    kind, _, index = device.partition(":")
+    if kind not in PROVIDERS or (index and not index.isdigit()):
+        raise BackendError(f"device {device!r}: expected cpu, cuda[:N] or tensorrt[:N]")
+    return kind, int(index or 0)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int | None = None):
+        super().__init__(manifest, device)
+        ort = _import_ort()
+        self.kind, self.device_id = parse_device(device)
+        wanted = PROVIDERS[self.kind]
+        if wanted[0] not in ort.get_available_providers():
+            raise BackendError(
+                f"ONNX Runtime has no {wanted[0]} here (available: {ort.get_available_providers()}); "
+                "install onnxruntime-gpu with a matching CUDA (and TensorRT for the TensorRT provider)"
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [(p, {"device_id": self.device_id}) if p != "CPUExecutionProvider" else p for p in wanted]
+        self.sessions = {
+            name: ort.InferenceSession(str(manifest.path(name)), options, providers=providers) for name in COMPONENTS
+        }
+        self.memory = "cpu" if self.kind == "cpu" else "cuda"
+        self._ort = ort
+        self._step_values: dict[tuple, list] = {}
+
+    def _on_device(self, array: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.memory, self.device_id)
+
+    def _empty(self, shape: tuple[int, ...]):
+        return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.memory, self.device_id)
+
+    def _run(self, name: str, inputs: dict, outputs: dict) -> None:
+        session = self.sessions[name]
+        binding = session.io_binding()
+        for key, value in inputs.items():
+            binding.bind_ortvalue_input(key, value)
+        for key, value in outputs.items():
+            binding.bind_ortvalue_output(key, value)
+        session.run_with_iobinding(binding)
+
+    def _plan_values(self, plan: DDIMPlan, batch: int) -> list[dict]:
+        """Per step the (B,) ``timestep``, ``alpha_t``, ``alpha_prev`` values, made once per plan and batch."""
+        key = (tuple(plan.timesteps), plan.start_t, batch)
+        if key not in self._step_values:
+            def vector(value: float):
+                return self._on_device(np.full(batch, value, np.float32))
+
+            self._step_values[key] = [
+                {"timestep": vector(t), "alpha_t": vector(a), "alpha_prev": vector(p)}
+                for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev)
+            ]
+        return self._step_values[key]
+
+    def run(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> BackendOutput:
+        batch, size = len(images), self.manifest.image_size
+        latent_shape = (batch, *self.manifest.latent_shape)
+        seconds = {}
+
+        start = time.perf_counter()
+        image = self._on_device(images.astype(np.float32, copy=False))
+        latent = self._ort.OrtValue.ortvalue_from_shape_and_type(list(latent_shape), np.float32, "cpu", 0)
+        hint = self._empty((batch, *self.manifest.data["hint_shape"]))
+        self._run("vae_encoder", {"image": image}, {"latent": latent})
+        self._run("hint_encoder", {"image": image}, {"hint": hint})
+        x = [self._on_device(q_sample(latent.numpy(), noise, plan.start_alpha)), self._empty(latent_shape)]
+        seconds["encode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        for k, values in enumerate(self._plan_values(plan, batch)):
+            self._run("denoise_step", {"x_t": x[k % 2], "hint": hint, **values}, {"x_prev": x[(k + 1) % 2]})
+        sample = x[len(plan.timesteps) % 2]
+        seconds["steps"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        recon = self._empty((batch, 3, size, size))
+        self._run("vae_decoder", {"latent": sample}, {"image": recon})
+        seconds["decode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        amap = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, size, size], np.float32, "cpu", 0)
+        score = self._ort.OrtValue.ortvalue_from_shape_and_type([batch], np.float32, "cpu", 0)
+        self._run("scorer", {"image": image, "reconstruction": recon}, {"anomaly_map": amap, "score": score})
+        seconds["score"] = time.perf_counter() - start
+        return BackendOutput(amap.numpy(), score.numpy(), recon.numpy() if keep_reconstruction else None, seconds)
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self._step_values.clear()

@@ -1,0 +1,422 @@
+"""TensorRT backend through cuda-python (no torch, no pycuda): the DiAD pipeline on one GPU.
+
+One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, noise it on the host with
+:func:`runtime.schedule.q_sample`, upload -> N x ``denoise_step`` -> ``vae_decoder`` -> ``scorer`` -> download.
+
+Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`):
+each has its own CUDA stream, one execution context per engine, device buffers for the largest batch (allocated
+once, shared between engines: the uploaded image feeds both encoders and the scorer, the hint encoder writes where
+the denoiser reads, the decoder where the scorer reads), pinned host buffers and CUDA events for the stage
+timings. The per-step timestep/alpha inputs of a plan go to the device once; the N steps, ping-ponging two latent
+buffers, are captured as one CUDA graph per (batch size, plan) after a first eager run (TensorRT's warm-up before
+capture) and replayed from then on.
+
+Needs ``tensorrt`` and ``cuda-python``; the module imports without them and the backend says what is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from collections import deque
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import STAGES, Backend, BackendOutput
+from runtime.backends.tensorrt_env import check_engine, compute_capability, cuda_call, import_cudart, import_tensorrt
+from runtime.errors import BackendError, ModelFolderError
+from runtime.manifest import COMPONENTS, MANIFEST, Manifest
+from runtime.schedule import DDIMPlan, q_sample
+
+SLOTS = 2
+ALIGN = 256  # bytes: TensorRT wants every tensor address aligned like this
+FLOAT32 = 4
+SCHEDULE_INPUTS = ("timestep", "alpha_t", "alpha_prev")
+# (component, tensor) -> the slot buffer it reads or writes; the denoiser's x_t / x_prev / schedule inputs and the
+# decoder's latent move with the step and are bound as the loop runs
+BINDINGS = {
+    ("vae_encoder", "image"): "image",
+    ("vae_encoder", "latent"): "latent",
+    ("hint_encoder", "image"): "image",
+    ("hint_encoder", "hint"): "hint",
+    ("denoise_step", "hint"): "hint",
+    ("vae_decoder", "image"): "reconstruction",
+    ("scorer", "image"): "image",
+    ("scorer", "reconstruction"): "reconstruction",
+    ("scorer", "anomaly_map"): "anomaly_map",
+    ("scorer", "score"): "score",
+}
+HOST = ("image", "latent", "reconstruction", "anomaly_map", "score")  # buffers with a pinned host copy
+
+
+def check_shared_shapes(engines: dict[str, Engine]) -> None:
+    """Tensors that share a buffer (``BINDINGS``, and every latent) must have the same per-image shape."""
+    groups: dict[str, dict[str, tuple[int, ...]]] = {}
+    latents = [("vae_encoder", "latent"), ("denoise_step", "x_t"), ("denoise_step", "x_prev"), ("vae_decoder", "latent")]
+    for (component, tensor), buffer in [*BINDINGS.items(), *((key, "latent") for key in latents)]:
+        groups.setdefault(buffer, {})[f"{component}.{tensor}"] = engines[component].shapes[tensor][1:]
+    for tensors in groups.values():
+        if len(set(tensors.values())) > 1:
+            raise ModelFolderError(f"engines disagree on a shared tensor's shape: {tensors}")
+
+
+def device_index(device: str) -> int:
+    """``"cuda"`` / ``"cuda:N"`` -> N."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise BackendError(f"device {device!r}: the TensorRT backend runs on 'cuda' or 'cuda:N'")
+    return int(index or 0)
+
+
+def step_inputs(plan: DDIMPlan, batch: int) -> np.ndarray:
+    """The denoiser's per-step inputs for ``batch``: float32 ``(3 * steps, stride)``, row ``k * steps + i`` holding
+    input ``SCHEDULE_INPUTS[k]`` of step ``i`` in its first ``batch`` columns, rows padded to ``ALIGN`` bytes."""
+    stride = math.ceil(batch * FLOAT32 / ALIGN) * ALIGN // FLOAT32
+    table = np.zeros((3 * len(plan.timesteps), stride), np.float32)
+    table[:, :batch] = np.concatenate([plan.timesteps, plan.alphas, plan.alphas_prev])[:, None]
+    return table
+
+
+class Memory:
+    """Device (``cudaMalloc``) and pinned host (``cudaMallocHost``) allocations, freed together."""
+
+    def __init__(self) -> None:
+        self._device: list[int] = []
+        self._host: list[int] = []
+
+    def device(self, nbytes: int) -> int:
+        self._device.append(cuda_call("cudaMalloc", nbytes))
+        return self._device[-1]
+
+    def pinned(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array in page-locked memory (valid until :meth:`free`)."""
+        nbytes = math.prod(shape) * FLOAT32
+        self._host.append(cuda_call("cudaMallocHost", nbytes))
+        return np.frombuffer((ctypes.c_char * nbytes).from_address(self._host[-1]), np.float32).reshape(shape)
+
+    def free(self) -> None:
+        while self._device:
+            cuda_call("cudaFree", self._device.pop())
+        while self._host:
+            cuda_call("cudaFreeHost", self._host.pop())
+
+
+class Engine:
+    """A deserialized engine: its I/O names and shapes (batch axis -1) and the largest batch of its profile."""
+
+    def __init__(self, trt: ModuleType, runtime: Any, path: Path, component: str, spec: dict[str, Any]):
+        self.name = component
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ModelFolderError(f"{path}: TensorRT could not deserialize this engine (see its log above)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if set(self.inputs) != set(spec["inputs"]) or set(self.outputs) != set(spec["outputs"]):
+            raise ModelFolderError(
+                f"{path}: engine tensors {self.inputs} -> {self.outputs}, the manifest lists "
+                f"{list(spec['inputs'])} -> {list(spec['outputs'])} (rebuild it: python -m export.tensorrt)"
+            )
+        wrong = [n for n in names if self.engine.get_tensor_dtype(n) != trt.float32]
+        if wrong:
+            raise ModelFolderError(f"{path}: tensors {wrong} are not float32 (model folder I/O is float32)")
+        self.shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in names}
+        dynamic = [n for n, shape in self.shapes.items() if min(shape[1:], default=0) < 0]
+        if dynamic:
+            raise ModelFolderError(f"{path}: tensors {dynamic} have dynamic axes besides the batch axis")
+        self.max_batch = min(self.engine.get_tensor_profile_shape(n, 0)[2][0] for n in self.inputs)
+        self.scratch_bytes = self.engine.device_memory_size_v2  # activation memory, for the largest shapes
+        self._user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+
+    def nbytes(self, tensor: str, batch: int) -> int:
+        return batch * math.prod(self.shapes[tensor][1:]) * FLOAT32
+
+    def context(self, scratch: int, nbytes: int) -> Context:
+        """An execution context whose activations live at ``scratch`` (``nbytes`` >= :attr:`scratch_bytes`)."""
+        context = self.engine.create_execution_context(self._user_managed)
+        if context is None:
+            raise RuntimeError(f"{self.name}: TensorRT could not create an execution context")
+        context.set_device_memory(scratch, nbytes)
+        return Context(self, context)
+
+
+class Context:
+    """One execution context of an engine: set the batch, point tensors at device memory, enqueue."""
+
+    def __init__(self, engine: Engine, context: Any):
+        self.engine, self.context = engine, context
+
+    def bind(self, tensor: str, address: int) -> None:
+        if not self.context.set_tensor_address(tensor, address):
+            raise RuntimeError(f"{self.engine.name}: set_tensor_address({tensor!r}) failed")
+
+    def set_batch(self, batch: int) -> None:
+        for name in self.engine.inputs:
+            if not self.context.set_input_shape(name, (batch, *self.engine.shapes[name][1:])):
+                raise RuntimeError(f"{self.engine.name}: set_input_shape({name!r}) failed for batch {batch}")
+
+    def enqueue(self, stream: int) -> None:
+        if not self.context.execute_async_v3(stream):
+            raise RuntimeError(f"{self.engine.name}: execute_async_v3 failed (see TensorRT's log)")
+
+
+class Loop:
+    """The DDIM steps of one plan at one batch size in one slot: step inputs on the device, one CUDA graph."""
+
+    def __init__(self, slot: Slot, plan: DDIMPlan, batch: int):
+        table = step_inputs(plan, batch)
+        self.slot, self.batch, self.steps, self.row = slot, batch, len(plan.timesteps), table.shape[1] * FLOAT32
+        self.table, self.host_table = slot.memory.device(table.nbytes), table  # the async copy's source stays alive
+        kind = slot.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        cuda_call("cudaMemcpyAsync", self.table, table.ctypes.data, table.nbytes, kind, slot.stream)
+        self.graph = None
+
+    @property
+    def output(self) -> int:
+        """The latent buffer holding the result of the last step."""
+        return self.slot.device[f"x{self.steps % 2}"]
+
+    def _enqueue(self) -> None:
+        context, latents = self.slot.contexts["denoise_step"], (self.slot.device["x0"], self.slot.device["x1"])
+        for i in range(self.steps):
+            context.bind("x_t", latents[i % 2])
+            context.bind("x_prev", latents[(i + 1) % 2])
+            for k, name in enumerate(SCHEDULE_INPUTS):
+                context.bind(name, self.table + (k * self.steps + i) * self.row)
+            context.enqueue(self.slot.handle)
+
+    def run(self) -> None:
+        """Replay the graph; the first time, run eagerly (the result, and TensorRT's warm-up) and capture it."""
+        cudart, stream = self.slot.cudart, self.slot.stream
+        if self.graph is not None:
+            cuda_call("cudaGraphLaunch", self.graph, stream)
+            return
+        self.slot.contexts["denoise_step"].set_batch(self.batch)
+        self._enqueue()
+        cuda_call("cudaStreamBeginCapture", stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        try:
+            self._enqueue()
+        finally:
+            graph = cuda_call("cudaStreamEndCapture", stream)
+        self.graph = cuda_call("cudaGraphInstantiate", graph, 0)
+        cuda_call("cudaGraphDestroy", graph)
+
+    def close(self) -> None:
+        if self.graph is not None:
+            cuda_call("cudaGraphExecDestroy", self.graph)
+            self.graph = None
+
+
+class Slot:
+    """One pipeline: stream, execution contexts, device and pinned buffers, events, captured loops, current job.
+
+    The slot's engines run one after another on its stream, so their contexts share one activation buffer.
+    """
+
+    def __init__(self, engines: dict[str, Engine], max_batch: int):
+        self.cudart = import_cudart()
+        self.engines, self.max_batch = engines, max_batch
+        self.memory = Memory()
+        self.stream = cuda_call("cudaStreamCreateWithFlags", self.cudart.cudaStreamNonBlocking)
+        self.handle = int(self.stream)
+        self.events = [cuda_call("cudaEventCreateWithFlags", self.cudart.cudaEventBlockingSync) for _ in range(6)]
+        scratch = max(ALIGN, *(engine.scratch_bytes for engine in engines.values()))
+        address = self.memory.device(scratch)
+        self.contexts = {name: engine.context(address, scratch) for name, engine in engines.items()}
+        where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
+        where |= {"x0": ("denoise_step", "x_t"), "x1": ("denoise_step", "x_t")}
+        self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch)) for b, (c, t) in where.items()}
+        self.host = {b: self.memory.pinned((max_batch, *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
+        self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
+        for (component, tensor), buffer in BINDINGS.items():
+            self.contexts[component].bind(tensor, self.device[buffer])
+        self.loops: dict[tuple, Loop] = {}
+        self.job: dict[str, Any] | None = None
+
+    def _record(self, event: int) -> None:
+        cuda_call("cudaEventRecord", self.events[event], self.stream)
+
+    def _copy(self, buffer: str, batch: int, to_device: bool, device: int | None = None) -> None:
+        """Queue a copy of ``batch`` images between pinned buffer ``buffer`` and ``device`` (default: its twin)."""
+        kind = self.cudart.cudaMemcpyKind
+        host, nbytes = self.host[buffer].ctypes.data, self.sizes[buffer] * batch
+        device = self.device[buffer] if device is None else device
+        if to_device:
+            cuda_call("cudaMemcpyAsync", device, host, nbytes, kind.cudaMemcpyHostToDevice, self.stream)
+        else:
+            cuda_call("cudaMemcpyAsync", host, device, nbytes, kind.cudaMemcpyDeviceToHost, self.stream)
+
+    def _run(self, component: str, batch: int) -> None:
+        self.contexts[component].set_batch(batch)
+        self.contexts[component].enqueue(self.handle)
+
+    def loop(self, plan: DDIMPlan, batch: int) -> Loop:
+        key = (batch, plan.timesteps.tobytes(), plan.alphas.tobytes(), plan.alphas_prev.tobytes())
+        if key not in self.loops:
+            self.loops[key] = Loop(self, plan, batch)
+        return self.loops[key]
+
+    def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
+        """Queue one batch; returns once the encoders ran and the noised latent is queued for upload."""
+        batch = len(images)
+        np.copyto(self.host["image"][:batch], images, casting="same_kind")
+        self._record(0)
+        self._copy("image", batch, to_device=True)
+        self._run("vae_encoder", batch)
+        self._run("hint_encoder", batch)
+        self._copy("latent", batch, to_device=False)
+        self._record(1)
+        cuda_call("cudaEventSynchronize", self.events[1])
+        start = time.perf_counter()
+        latent = self.host["latent"][:batch]
+        latent[...] = q_sample(latent, noise, plan.start_alpha)
+        noising = time.perf_counter() - start
+        self._record(2)
+        self._copy("latent", batch, to_device=True, device=self.device["x0"])
+        loop = self.loop(plan, batch)
+        loop.run()
+        self._record(3)
+        self.contexts["vae_decoder"].bind("latent", loop.output)
+        self._run("vae_decoder", batch)
+        self._record(4)
+        self._run("scorer", batch)
+        for buffer in ("anomaly_map", "score") + (("reconstruction",) if keep_reconstruction else ()):
+            self._copy(buffer, batch, to_device=False)
+        self._record(5)
+        self.job = {"batch": batch, "noising": noising, "keep": keep_reconstruction}
+
+    def finish(self) -> BackendOutput:
+        """Wait for the current job; its outputs (copied out of the pinned buffers) and stage seconds."""
+        job, self.job = self.job, None
+        cuda_call("cudaEventSynchronize", self.events[5])
+        spans = ((0, 1), (2, 3), (3, 4), (4, 5))  # encode, steps, decode, score
+        ms = [cuda_call("cudaEventElapsedTime", self.events[a], self.events[b]) for a, b in spans]
+        seconds = {stage: t / 1000 for stage, t in zip(STAGES, ms)}
+        seconds["steps"] += job["noising"]
+        batch = job["batch"]
+        return BackendOutput(
+            anomaly_map=self.host["anomaly_map"][:batch].copy(),
+            score=self.host["score"][:batch].copy(),
+            reconstruction=self.host["reconstruction"][:batch].copy() if job["keep"] else None,
+            seconds=seconds,
+        )
+
+    def close(self) -> None:
+        cuda_call("cudaStreamSynchronize", self.stream)
+        for loop in self.loops.values():
+            loop.close()
+        self.loops, self.contexts = {}, {}
+        for event in self.events:
+            cuda_call("cudaEventDestroy", event)
+        cuda_call("cudaStreamDestroy", self.stream)
+        self.memory.free()
+
+
+class TensorRTBackend(Backend):
+    """The model folder's TensorRT engines (``python -m export.tensorrt``) on one CUDA device."""
+
+    name = "tensorrt"
+
+    def __init__(self, manifest: Manifest, device: str = "cuda", verify: bool = True):
+        super().__init__(manifest, device)
+        trt = import_tensorrt()
+        self.index = device_index(device)
+        capability = compute_capability(self.index)
+        cuda_call("cudaSetDevice", self.index)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engines = {
+            name: Engine(trt, self._runtime, self._engine_path(trt.__version__, name, capability, verify), name,
+                         manifest.component(name))
+            for name in COMPONENTS
+        }
+        check_shared_shapes(self.engines)
+        self.max_batch = min(engine.max_batch for engine in self.engines.values())
+        self.image_shape = self.engines["vae_encoder"].shapes["image"][1:]
+        self.latent_shape = self.engines["denoise_step"].shapes["x_t"][1:]
+        self._slots = [Slot(self.engines, self.max_batch) for _ in range(SLOTS)]
+        self._jobs: deque[Slot] = deque()
+        self._next = 0
+
+    def _engine_path(self, trt_version: str, component: str, capability: str, verify: bool) -> Path:
+        root = self.manifest.root
+        entry = self.manifest.engines.get(component)
+        if entry is None:
+            raise ModelFolderError(
+                f"{root / MANIFEST}: no TensorRT engine for {component}; build them: python -m export.tensorrt "
+                f"--model {root}"
+            )
+        check_engine(entry, trt_version, capability, root)
+        return self.manifest.check_file(entry, verify)
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet collected."""
+        return len(self._jobs)
+
+    def submit(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> None:
+        """Start a batch of at most ``max_batch`` images on the next pipeline slot.
+
+        Returns once its encoders have run and the rest is queued on the slot's stream, so a caller can prepare
+        and submit the next batch while this one computes. At most two batches are in flight.
+        """
+        if not 1 <= len(images) <= self.max_batch or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"images {images.shape}: expected (B, *{self.image_shape}) with 1 <= B <= {self.max_batch}")
+        if tuple(noise.shape) not in (self.latent_shape, (len(images), *self.latent_shape)):
+            raise ValueError(f"noise {noise.shape}: expected {self.latent_shape} or (B, *{self.latent_shape})")
+        if len(self._jobs) == SLOTS:
+            raise RuntimeError("both pipeline slots are busy: collect() a result before submitting more")
+        cuda_call("cudaSetDevice", self.index)
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % SLOTS
+        slot.start(images, plan, noise, keep_reconstruction)
+        self._jobs.append(slot)
+
+    def collect(self) -> BackendOutput:
+        """The results of the oldest submitted batch (waits for it)."""
+        if not self._jobs:
+            raise RuntimeError("collect() without a submitted batch")
+        return self._jobs.popleft().finish()
+
+    def run(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> BackendOutput:
+        """Any batch size: chunks of ``max_batch`` through both slots, results concatenated, seconds summed."""
+        if self._jobs:
+            raise RuntimeError("run() while submitted batches are pending: collect() them first")
+        if len(images) == 0:
+            raise ValueError("run() needs at least one image")
+        self._next = 0  # the same chunks land on the same slots every call and replay their captured loops
+        parts = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = slice(start, start + self.max_batch)
+            self.submit(images[chunk], plan, noise[chunk] if noise.ndim == 4 else noise, keep_reconstruction)
+            if len(self._jobs) == SLOTS:
+                parts.append(self.collect())
+        while self._jobs:
+            parts.append(self.collect())
+        return concat(parts)
+
+    def close(self) -> None:
+        while self._jobs:
+            self.collect()
+        for slot in self._slots:
+            slot.close()
+        self._slots, self.engines = [], {}  # contexts (dropped by the slots) before engines, engines before runtime
+        self._runtime = None
+
+
+def concat(parts: list[BackendOutput]) -> BackendOutput:
+    """Batches' outputs joined in order, stage seconds summed."""
+    keep = parts[0].reconstruction is not None
+    return BackendOutput(
+        anomaly_map=np.concatenate([p.anomaly_map for p in parts]),
+        score=np.concatenate([p.score for p in parts]),
+        reconstruction=np.concatenate([p.reconstruction for p in parts]) if keep else None,
+        seconds={stage: sum(p.seconds[stage] for p in parts) for stage in STAGES},
+    )

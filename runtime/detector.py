@@ -1,0 +1,140 @@
+"""``Detector``: a model folder on a backend; RGB frames in, anomalib-style predictions out."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import STAGES, Backend, BackendOutput
+from runtime.errors import BackendError
+from runtime.manifest import Manifest, Thresholds, check_plan
+from runtime.preprocess import preprocess
+from runtime.schedule import fixed_noise
+from runtime.scoring import normalize
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+@dataclass
+class Prediction:
+    """One image's result (anomalib's contract plus the raw values).
+
+    ``pred_score`` is the image score normalised so that the calibrated threshold is 0.5; ``anomaly_map`` is
+    normalised likewise with the pixel threshold, ``pred_mask = anomaly_map >= 0.5``. Without calibration
+    (no thresholds in the manifest) these three and ``pred_label`` are ``None``; ``score`` and ``raw_map``
+    (model resolution ``S x S``) are always there. ``seconds``: this image's share of each stage.
+    """
+
+    score: float
+    raw_map: np.ndarray
+    pred_score: float | None
+    pred_label: bool | None
+    anomaly_map: np.ndarray | None
+    pred_mask: np.ndarray | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    reconstruction: np.ndarray | None = None
+
+
+def make_backend(manifest: Manifest, backend: str, device: str | None) -> Backend:
+    if backend == "onnxruntime":
+        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(manifest, device or "cpu")
+    if backend == "tensorrt":
+        from runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(manifest, device or "cuda:0")
+    raise BackendError(f"backend {backend!r}: expected one of {BACKENDS}")
+
+
+class Detector:
+    """Score images with a model folder.
+
+    ``steps`` / ``start_t`` override the manifest's DDIM plan; the diffusion noise is the manifest's fixed
+    seeded noise, so one image always gets the same score, alone or in any batch.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        backend: str = "onnxruntime",
+        device: str | None = None,
+        steps: int | None = None,
+        start_t: int | None = None,
+        verify: bool = True,
+    ):
+        self.manifest = Manifest.load(model_dir, verify)
+        check_plan(self.manifest)
+        self.plan = self.manifest.plan(steps, start_t)
+        self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
+        self.backend = make_backend(self.manifest, backend, device)
+        self.thresholds = self.manifest.thresholds
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 frames of any size to the model's float32 ``(B, 3, S, S)`` input."""
+        return np.stack([preprocess(image, self.image_size) for image in images])
+
+    def run(self, batch: np.ndarray, keep_reconstruction: bool = False) -> BackendOutput:
+        """Raw outputs for pre-processed images, in chunks of at most the manifest's ``max_batch``."""
+        step = self.manifest.max_batch
+        parts = [
+            self.backend.run(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
+            for i in range(0, len(batch), step)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return BackendOutput(
+            np.concatenate([p.anomaly_map for p in parts]),
+            np.concatenate([p.score for p in parts]),
+            np.concatenate([p.reconstruction for p in parts]) if keep_reconstruction else None,
+            {s: sum(p.seconds[s] for p in parts) for s in STAGES},
+        )
+
+    def predict(
+        self, images: np.ndarray | Sequence[np.ndarray], keep_reconstruction: bool = False
+    ) -> Prediction | list[Prediction]:
+        """One RGB uint8 ``(H, W, 3)`` image -> a :class:`Prediction`; a list or ``(B, H, W, 3)`` -> a list."""
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        frames = [images] if single else list(images)
+        if not frames:
+            return []
+        start = time.perf_counter()
+        batch = self.preprocess(frames)
+        prep = time.perf_counter() - start
+        out = self.run(batch, keep_reconstruction)
+        seconds = {"preprocess": prep, **out.seconds}
+        share = {k: v / len(frames) for k, v in seconds.items()}
+        share["total"] = sum(share.values())
+        predictions = [
+            self._prediction(out, k, share) for k in range(len(frames))
+        ]
+        return predictions[0] if single else predictions
+
+    def _prediction(self, out: BackendOutput, k: int, seconds: dict[str, float]) -> Prediction:
+        score, raw = float(out.score[k]), out.anomaly_map[k]
+        recon = out.reconstruction[k] if out.reconstruction is not None else None
+        t = self.thresholds
+        if not t.calibrated:
+            return Prediction(score, raw, None, None, None, None, dict(seconds), recon)
+        pred_score = float(normalize(score, t.image, t.image_min, t.image_max))
+        amap = normalize(raw, t.pixel, t.pixel_min, t.pixel_max)
+        return Prediction(score, raw, pred_score, score >= t.image, amap, amap >= 0.5, dict(seconds), recon)
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):  # noqa: ANN204 - returns self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,202 @@
+"""python -m export: model folder contents, ONNX Runtime vs PyTorch parity (per component and end to end), FP16
+graphs, and errors that name the file.
+
+FP32 tolerance: ONNX Runtime (MLAS) and PyTorch (oneDNN) sum convolutions and matmuls in different orders, which
+moves float32 results by a few ulps per layer; measured errors are ~1e-6 of the output's magnitude. A bound of
+1e-4 x max|output| leaves 100x headroom and still fails for any wrong op, weight, constant or layout (errors of
+order 1).
+"""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from export.__main__ import main as export_main
+from export.fp16 import FP32_OPS, PASS_THROUGH, ort_cpu_fallbacks, precision_census
+from export.parity import format_parity, parity
+from runtime import Detector
+from runtime.errors import CheckpointError, ModelFolderError
+from runtime.manifest import COMPONENTS, Manifest
+from runtime.metrics import auroc
+from runtime.preprocess import preprocess, read_image
+from runtime.schedule import ddim_plan
+from training.data import load_index
+from training.evaluate import evaluate
+from training.models.scorer import seeded_scorer
+from training.run_folder import RunFolder
+
+pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
+FP32_RELATIVE = 1e-4
+DATA_MOVEMENT = {*PASS_THROUGH, "Cast", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat", "Slice",
+                 "Expand", "Transpose", "Flatten"}
+
+
+@pytest.fixture(scope="module")
+def model_and_scorer(tiny_run):
+    model = RunFolder(tiny_run).load_model()
+    config = model.config
+    return model, seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
+
+
+@pytest.fixture(scope="module")
+def test_images(synthetic_data):
+    samples = load_index(synthetic_data).split("test")
+    return samples, [read_image(s.image) for s in samples]
+
+
+def test_manifest_describes_the_folder(model_dir, tiny_run):
+    manifest = Manifest.load(model_dir)
+    config = RunFolder(tiny_run).model_config()
+    data = manifest.data
+    assert data["preset"] == "tiny" and data["image_size"] == config.image_size and data["opset"] >= 17
+    plan = ddim_plan(config.inference.steps, config.inference.start_t)
+    assert data["schedule"]["timesteps"] == plan.timesteps.tolist()
+    assert np.allclose(data["schedule"]["alphas_prev"], plan.alphas_prev)
+    assert data["noise"]["policy"] == "fixed" and data["noise"]["seed"] == config.inference.noise_seed
+    assert data["max_batch"] == 4 and data["precision"] == "fp32" and data["injection"] == config.injection
+    assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(data["versions"])
+    assert sorted(data["components"]) == sorted(COMPONENTS)
+    step = data["components"]["denoise_step"]
+    assert step["inputs"] == {
+        "x_t": ["B", *manifest.latent_shape], "hint": ["B", *data["hint_shape"]],
+        "timestep": ["B"], "alpha_t": ["B"], "alpha_prev": ["B"],
+    }
+    for name in COMPONENTS:  # every graph has a dynamic batch axis on every input and output
+        graph = onnx.load(str(manifest.path(name))).graph
+        for value in list(graph.input) + list(graph.output):
+            assert value.type.tensor_type.shape.dim[0].dim_param == "B", (name, value.name)
+
+
+def test_components_match_pytorch_on_random_and_real_inputs(model_dir, model_and_scorer, test_images):
+    model, scorer = model_and_scorer
+    images = np.stack([preprocess(img, model.config.image_size) for img in test_images[1][:3]])
+    results = parity(model, scorer, Manifest.load(model_dir), images)
+    print(format_parity(results))
+    assert {(r.component.split(".")[0], r.inputs) for r in results} == {
+        (c, kind) for c in COMPONENTS for kind in ("random", "real")
+    }
+    for r in results:
+        assert r.max_abs <= FP32_RELATIVE * r.max_ref, r
+
+
+def test_end_to_end_matches_training_evaluate(model_dir, model_and_scorer, test_images):
+    model, scorer = model_and_scorer
+    samples, images = test_images
+    reference = evaluate(model, scorer, samples, batch_size=4, progress=False)
+    with Detector(model_dir) as detector:
+        predictions = detector.predict(images)
+    scores = np.array([p.score for p in predictions])
+    maps = np.stack([p.raw_map for p in predictions])
+    ref_scores, ref_maps = reference.scores["diad"], reference.maps["diad"]
+    assert np.abs(scores - ref_scores).max() <= FP32_RELATIVE * np.abs(ref_scores).max()
+    assert np.abs(maps - ref_maps).max() <= FP32_RELATIVE * np.abs(ref_maps).max()
+    labels = reference.labels
+    assert round(auroc(scores, labels), 3) == round(auroc(ref_scores, labels), 3)
+    pixels = reference.masks.reshape(-1)
+    assert round(auroc(maps.reshape(-1), pixels), 3) == round(auroc(ref_maps.reshape(-1), pixels), 3)
+
+
+def test_scores_do_not_depend_on_batching(model_dir, test_images):
+    images = test_images[1][:5]
+    with Detector(model_dir) as detector:  # max_batch 4: five images run as 4 + 1
+        together = [p.score for p in detector.predict(images)]
+        alone = [detector.predict(img).score for img in images]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fp16_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny-fp16"
+    assert export_main(["--run", str(tiny_run), "--out", str(out), "--precision", "fp16", "--no-verify"]) == 0
+    return out
+
+
+def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, model_and_scorer, test_images):
+    manifest = Manifest.load(fp16_dir)
+    assert manifest.precision == "fp16"
+    for name in COMPONENTS:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(name))))
+        census = precision_census(model)
+        assert census["fp16"] > 10 * census["fp32"], (name, census)
+        types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+        types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+        for node in model.graph.node:
+            if node.op_type in DATA_MOVEMENT:
+                continue
+            glue = node.name.count("/") < 2  # root level: the DDIM update, the scorer's distances and matrices
+            if node.op_type in FP32_OPS or "/time_proj/" in node.name or glue:
+                assert onnx.TensorProto.FLOAT16 not in [types.get(i) for i in node.input], (name, node.name)
+        for value in list(model.graph.input) + list(model.graph.output):  # FP32 I/O
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    model, scorer = model_and_scorer
+    images = np.stack([preprocess(img, model.config.image_size) for img in test_images[1][:2]])
+    results = parity(model, scorer, manifest, images)
+    print("FP16 graphs on ONNX Runtime CPU vs PyTorch FP32\n" + format_parity(results))
+    print("ops ONNX Runtime CPU ran in FP32:", ort_cpu_fallbacks(str(manifest.path("denoise_step"))))
+    for r in results:
+        assert r.max_abs <= 0.05 * r.max_ref, r  # FP16 weights/activations: about 1e-3 relative measured
+
+
+def test_missing_or_corrupt_run_files_are_named(tiny_run, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="run folder not found"):
+        export_main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    broken = tmp_path / "run"
+    shutil.copytree(tiny_run, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        export_main(["--run", str(broken), "--out", str(tmp_path / "m")])
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        export_main(["--run", str(broken), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_folder_damage_is_named(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    Manifest.load(copy)
+    graph = copy / "scorer.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="scorer.onnx: SHA-256"):
+        Manifest.load(copy)
+    graph.unlink()
+    with pytest.raises(ModelFolderError, match="scorer.onnx: listed in .* but missing"):
+        Manifest.load(copy)
+    (copy / "manifest.json").write_text("{ truncated")
+    with pytest.raises(ModelFolderError, match="manifest.json: not valid JSON"):
+        Detector(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ModelFolderError, match="manifest.json: missing"):
+        Detector(copy)
+
+
+def test_manifest_schedule_must_match_the_runtime(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    path = copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schedule"]["timesteps"][0] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match="DDIM timesteps"):
+        Detector(copy)
+
+
+@pytest.mark.slow
+def test_sd15_size_graphs_export_and_check(tmp_path):
+    """The real-size graphs (random weights): the >2 GB fused step goes to external data, and every graph passes
+    the checker and strict shape inference (export.onnx.check runs inside). Minutes and ~20 GB RAM: opt-in."""
+    from export.model_folder import write_model_folder
+    from training.models.diad import build_model
+    from training.models.presets import sd15
+    from training.models.scorer import FeatureScorer
+
+    config = sd15()
+    model = build_model(config)
+    scorer = FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
+    manifest, _ = write_model_folder(model, scorer, tmp_path / "sd15", progress=False)
+    step = manifest.component("denoise_step")
+    assert step["external_data"] and step["external_data"][0]["bytes"] > 2**31
