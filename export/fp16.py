@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from export.onnx import too_large
+
 FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
 FP32_SCOPES = ("time_proj",)
 
@@ -39,7 +41,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         keep_io_types=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
         node_block_list=fp32_nodes(model),
-        disable_shape_infer=model.ByteSize() > 2**31 - 1,
+        disable_shape_infer=too_large(model),
     )
     topological_sort(converted.graph)
     return converted

@@ -2,6 +2,7 @@
 data once a graph passes protobuf's 2 GB limit."""
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,12 +23,14 @@ def export_component(component: Component, path: Path, opset: int = DEFAULT_OPSE
     """
     names = list(component.inputs) + list(component.outputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    # The exporter writes a >2 GB graph as one file per tensor: export aside, then save in our layout.
+    with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        raw = Path(tmp) / path.name
         torch.onnx.export(
             component.module.eval(),
             tuple(component.inputs.values()),
-            str(path),
+            str(raw),
             input_names=list(component.inputs),
             output_names=list(component.outputs),
             dynamic_axes={name: {0: "B"} for name in names},
@@ -35,7 +38,7 @@ def export_component(component: Component, path: Path, opset: int = DEFAULT_OPSE
             do_constant_folding=True,
             dynamo=False,
         )
-    files = save(onnx.load(str(path)), path)  # one place decides the external-data layout
+        files = save(onnx.load(str(raw)), path)
     check(path)
     return files
 
@@ -44,7 +47,7 @@ def save(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write ``model``; over the protobuf limit its weights go to ``<name>.data``. Returns the files written."""
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
-    if model.ByteSize() < PROTO_LIMIT:
+    if not too_large(model):
         onnx.save_model(model, str(path))
         return [path]
     onnx.save_model(
@@ -52,6 +55,12 @@ def save(model: onnx.ModelProto, path: Path) -> list[Path]:
         size_threshold=EXTERNAL_THRESHOLD,
     )
     return [path, data]
+
+
+def too_large(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` passes protobuf's 2 GB limit (estimated from its tensors: serialising it would fail)."""
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    return weights + (64 << 20) >= PROTO_LIMIT
 
 
 def check(path: Path) -> None:

@@ -120,7 +120,26 @@ class OnnxRuntimeBackend(Backend):
         self._run("vae_decoder", {"latent": sample}, {"image": recon})
         seconds["decode"] = time.perf_counter() - start
 
+        return self._score(image, recon, seconds, keep_reconstruction)
+
+    def run_vae_only(self, images: np.ndarray) -> BackendOutput:
+        """The baseline without diffusion: encode, decode the clean latent, score (stages as in :meth:`run`)."""
+        batch, size = len(images), self.manifest.image_size
+        seconds = {"steps": 0.0}
         start = time.perf_counter()
+        image = self._on_device(images.astype(np.float32, copy=False))
+        latent = self._empty((batch, *self.manifest.latent_shape))
+        self._run("vae_encoder", {"image": image}, {"latent": latent})
+        seconds["encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        recon = self._empty((batch, 3, size, size))
+        self._run("vae_decoder", {"latent": latent}, {"image": recon})
+        seconds["decode"] = time.perf_counter() - start
+        return self._score(image, recon, seconds)
+
+    def _score(self, image, recon, seconds: dict[str, float], keep_reconstruction: bool = False) -> BackendOutput:
+        start = time.perf_counter()
+        batch, size = image.shape()[0], self.manifest.image_size
         amap = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, size, size], np.float32, "cpu", 0)
         score = self._ort.OrtValue.ortvalue_from_shape_and_type([batch], np.float32, "cpu", 0)
         self._run("scorer", {"image": image, "reconstruction": recon}, {"anomaly_map": amap, "score": score})

@@ -1,0 +1,110 @@
+"""PyTorch eager inference behind the runtime's backend interface, so the sweep times every backend alike.
+
+``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise, hint once, DDIM without
+guidance, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
+graph (``cuda_graph=True``). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast
+FP16 kernels and the sweep skips it).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from runtime.backends.base import BackendOutput
+from runtime.schedule import DDIMPlan
+from training.models.diad import DiAD, q_sample
+from training.models.scorer import FeatureScorer
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(
+        self, model: DiAD, scorer: FeatureScorer, device: str = "cpu", precision: str = "fp32",
+        cuda_graph: bool = False,
+    ):
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise ValueError("PyTorch FP16 inference needs a CUDA device")
+        if cuda_graph and not device.startswith("cuda"):
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.scorer = scorer.to(self.device, self.dtype).eval()
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _timed(self, seconds: dict[str, float], stage: str, fn: Callable[[], object]) -> object:
+        self._sync()
+        start = time.perf_counter()
+        out = fn()
+        self._sync()
+        seconds[stage] = time.perf_counter() - start
+        return out
+
+    def _loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
+        for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
+            x = DiAD.ddim_step(x, self.model.denoise(x, int(t), hint), float(a), float(p))
+        return x
+
+    def _graph_loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
+        """The DDIM loop replayed from a CUDA graph captured once per (batch, plan)."""
+        key = (x.shape[0], tuple(plan.timesteps), plan.start_t)
+        if key not in self._graphs:
+            static = {"x": x.clone(), "hint": hint.clone()}
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._loop(static["x"], static["hint"], plan)  # warm-up outside the capture
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static["out"] = self._loop(static["x"], static["hint"], plan)
+            self._graphs[key] = (graph, static)
+        graph, static = self._graphs[key]
+        static["x"].copy_(x)
+        static["hint"].copy_(hint)
+        graph.replay()
+        return static["out"]
+
+    @torch.inference_mode()
+    def run(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> BackendOutput:
+        seconds: dict[str, float] = {}
+        image = torch.from_numpy(images).to(self.device, self.dtype)
+        noise_t = torch.from_numpy(noise).to(self.device, self.dtype)
+
+        def encode() -> tuple[torch.Tensor, torch.Tensor]:
+            latent = self.model.vae.encode_mean(image)
+            return q_sample(latent, noise_t.expand_as(latent), plan.start_alpha), self.model.sg.encode_hint(image)
+
+        noised, hint = self._timed(seconds, "encode", encode)
+        loop = self._graph_loop if self.cuda_graph else self._loop
+        sample = self._timed(seconds, "steps", lambda: loop(noised, hint, plan))
+        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
+        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
+        return BackendOutput(
+            amap.float().cpu().numpy(), score.float().cpu().numpy(),
+            recon.float().cpu().numpy() if keep_reconstruction else None, seconds,
+        )
+
+    @torch.inference_mode()
+    def run_vae_only(self, images: np.ndarray) -> BackendOutput:
+        """The baseline without diffusion: encode, decode the clean latent, score."""
+        seconds = {"steps": 0.0}
+        image = torch.from_numpy(images).to(self.device, self.dtype)
+        latent = self._timed(seconds, "encode", lambda: self.model.vae.encode_mean(image))
+        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(latent))
+        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
+        return BackendOutput(amap.float().cpu().numpy(), score.float().cpu().numpy(), None, seconds)
+
+    def close(self) -> None:
+        self._graphs.clear()

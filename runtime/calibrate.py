@@ -1,0 +1,511 @@
+"""``python -m runtime.calibrate --model MODEL_DIR --images GOOD_DIR``: decision thresholds for a model folder.
+
+The thresholds go into ``manifest.json`` (:meth:`Manifest.set_thresholds`); the graphs are untouched and the raw
+scores stay available. Then :class:`~runtime.detector.Detector` reports ``pred_score`` (0.5 at the image
+threshold), ``pred_label``, ``anomaly_map`` and ``pred_mask`` (``anomaly_map >= 0.5``, 0.5 at the pixel threshold).
+
+Rules (on the model's raw float32 scores and maps; every threshold is a float32 value):
+
+* FPR rule, normal images only. Of ``n`` calibration values, ``k = floor(r * n)`` may lie at or above the
+  threshold for a target false-reject rate ``r`` (a 1e-9 tolerance keeps decimal rounding from losing one, so
+  0.29 x 100 allows 29). The threshold is the smallest float32 strictly above the ``(k + 1)``-th largest value:
+  ``t = nextafter(v_(k+1), +inf)``. It rejects exactly the values above ``v_(k+1)`` (at most ``k``, fewer with
+  ties), so the realised rate on the calibration set is ``<= k / n <= r``, while any lower threshold rejects
+  ``k + 1`` or more. The resolution is ``1 / n``: with ``n < 1 / r`` (e.g. under 100 images for 1 %) ``k = 0``
+  and the threshold lies just above the largest normal value; a :class:`CalibrationWarning` says so. The image
+  threshold uses the image scores (``--fpr``), the pixel threshold every pixel of the normal maps (``--pixel-fpr``).
+* F1 rule, with labelled validation images: :func:`runtime.metrics.f1_max` over the validation image scores
+  (``score >= threshold`` is a defect; the highest threshold among equally good ones), and over the validation
+  pixels against the masks resized to the model resolution (:func:`runtime.preprocess.preprocess_mask`).
+
+``Thresholds.method``: ``"fpr"`` (no validation), ``"f1"`` (both thresholds F1-optimal) or ``"f1-image"`` (image
+threshold F1-optimal, pixel threshold by the FPR rule: validation defects without masks). ``details`` holds both
+rules' values, the false-reject rates of the chosen thresholds on the calibration set and the warnings.
+``image_min/max`` and ``pixel_min/max`` span the raw calibration and validation values
+(:func:`runtime.scoring.normalize`).
+
+Validation folder: searched recursively (hidden and ``ground_truth`` folders skipped); an image with a path
+component ``good`` is normal, any other is a defect. Images directly inside the folder carry no label and are
+ignored. A defect image's mask is, with ``--masks M``, the first of ``M/<folder>/<stem>_mask.png``,
+``M/<folder>/<stem>.png``, ``M/<stem>_mask.png``, ``M/<stem>.png`` (``<folder>`` relative to the validation folder),
+otherwise MVTec's ``<test>/../ground_truth/<defect>/<stem>_mask.png``. Either every defect image has a mask or none.
+
+Unreadable image (or mask) files are skipped, named and counted. Memory: all raw maps are held (float32, ``S x S``
+per image).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from runtime import metrics
+from runtime.cli import run_cli
+from runtime.detector import BACKENDS, Detector
+from runtime.errors import DatasetLayoutError, ImageReadError
+from runtime.manifest import MANIFEST, Thresholds
+from runtime.preprocess import preprocess_mask, read_image, read_mask
+from runtime.sources import IMAGE_EXTENSIONS
+from runtime.synthetic import GOOD
+
+GROUND_TRUTH = "ground_truth"
+VALIDATION_LAYOUT = (
+    "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder, "
+    "masks in ../ground_truth/<defect>/<stem>_mask.png or --masks"
+)
+T = TypeVar("T")
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration ran but a result is weaker than asked (too few images, no masks, skipped files)."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image file: ``label`` 0 (normal) or 1 (defect); ``mask``: a defect image's mask file (``> 0`` = defect)."""
+
+    path: Path
+    label: int = 0
+    mask: Path | None = None
+
+
+@dataclass
+class ScoredSet:
+    """Raw outputs of the readable images: scores ``(N,)``, maps ``(N, S, S)``, masks ``(N, S, S)`` 0/1 or None."""
+
+    images: list[LabelledImage]
+    scores: np.ndarray
+    maps: np.ndarray
+    masks: np.ndarray | None
+    skipped: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([image.label for image in self.images], np.int64)
+
+
+# ------------------------------------------------------------------------------------------------- the rules
+
+
+def check_rate(rate: float) -> None:
+    """A target false-reject rate must be in ``[0, 1)``."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"false-reject rate must be in [0, 1), got {rate}")
+
+
+def allowed_rejects(n: int, rate: float) -> int:
+    """``k = floor(rate * n)``: how many of ``n`` normal values may lie at or above an FPR-rule threshold."""
+    check_rate(rate)
+    return math.floor(rate * n + 1e-9)
+
+
+def fpr_threshold(values: np.ndarray, rate: float) -> float:
+    """The FPR rule: the smallest float32 ``t`` with at most ``floor(rate * n)`` of the ``n`` values ``>= t``."""
+    check_rate(rate)
+    flat = np.asarray(values, np.float32).ravel()
+    if flat.size == 0:
+        raise ValueError("the FPR rule needs at least one value")
+    if np.isnan(flat).any():
+        raise ValueError("values contain NaN")
+    position = flat.size - 1 - allowed_rejects(flat.size, rate)  # ascending index of the (k + 1)-th largest value
+    kth = np.partition(flat, position)[position]
+    return float(np.nextafter(kth, np.float32(np.inf)))
+
+
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The F1 rule: :func:`runtime.metrics.f1_max`'s threshold, as float32 (NaN without defects)."""
+    return float(np.float32(metrics.f1_max(np.asarray(scores, np.float32).ravel(), np.asarray(labels).ravel())[1]))
+
+
+def rejects(values: np.ndarray, threshold: float) -> int:
+    """How many values are ``>= threshold`` (flagged anomalous)."""
+    return int(np.count_nonzero(np.asarray(values, np.float32) >= np.float32(threshold)))
+
+
+def min_images(rate: float) -> int:
+    """The fewest values for which the FPR rule resolves ``rate`` (``floor(rate * n) >= 1``)."""
+    return math.ceil(1 / rate - 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- listing files
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(spec: str | Path) -> list[Path]:
+    """The image files directly inside a folder, or matching a glob pattern (``**`` recursive), sorted.
+
+    Raises :class:`DatasetLayoutError` naming ``spec`` when the folder is missing or holds no image file.
+    """
+    path, kinds = Path(spec), ", ".join(IMAGE_EXTENSIONS)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if _is_image(p))
+        if not files:
+            raise DatasetLayoutError(
+                f"{path}: no image files ({kinds}) directly in this folder; expected the normal images there "
+                f"(for subfolders use a glob pattern such as '{path}/**/*.png')"
+            )
+        return files
+    if any(c in str(spec) for c in "*?["):
+        files = sorted(p for p in map(Path, glob.glob(str(spec), recursive=True)) if _is_image(p))
+        if not files:
+            raise DatasetLayoutError(f"{spec}: glob pattern matches no image files ({kinds})")
+        return files
+    raise DatasetLayoutError(f"{path}: folder not found; expected a folder of normal images ({kinds}) or a glob")
+
+
+def mask_candidates(image: Path, root: Path, masks: Path | None) -> list[Path]:
+    """Where a defect image's mask may be, in order of preference (see the module docstring)."""
+    if masks is None:
+        return [image.parent.parent.parent / GROUND_TRUTH / image.parent.name / f"{image.stem}_mask.png"]
+    folder = masks / image.parent.relative_to(root)
+    return [folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png",
+            masks / f"{image.stem}_mask.png", masks / f"{image.stem}.png"]
+
+
+def list_validation(folder: str | Path, masks: str | Path | None = None) -> tuple[list[LabelledImage], list[Path]]:
+    """Labelled images below ``folder`` with their masks, and the unlabelled images directly inside it.
+
+    Raises :class:`DatasetLayoutError` when a folder is missing, a label is absent, or only some defect images
+    (or, with ``masks``, none) have masks.
+    """
+    root = Path(folder)
+    mask_root = None if masks is None else Path(masks)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: validation folder not found; expected {VALIDATION_LAYOUT}")
+    if mask_root is not None and not mask_root.is_dir():
+        raise DatasetLayoutError(f"{mask_root}: mask folder not found; expected <stem>_mask.png or <stem>.png files")
+    images, unlabelled = [], []
+    for path in sorted(p for p in root.rglob("*") if _is_image(p)):
+        parts = path.relative_to(root).parts[:-1]
+        if GROUND_TRUTH in parts or any(part.startswith(".") for part in parts):
+            continue
+        if not parts:
+            unlabelled.append(path)
+            continue
+        label = int(GOOD not in parts)
+        found = None
+        if label:
+            found = next((c for c in mask_candidates(path, root, mask_root) if c.is_file()), None)
+        images.append(LabelledImage(path, label, found))
+    n_good = sum(image.label == 0 for image in images)
+    if n_good == 0 or n_good == len(images):
+        raise DatasetLayoutError(
+            f"{root}: validation needs normal and defect images, found {n_good} normal and "
+            f"{len(images) - n_good} defect; expected {VALIDATION_LAYOUT}"
+        )
+    defects = [image for image in images if image.label]
+    missing = [image for image in defects if image.mask is None]
+    if missing and (len(missing) < len(defects) or mask_root is not None):
+        first = missing[0].path
+        looked = ", ".join(map(str, mask_candidates(first, root, mask_root)))
+        raise DatasetLayoutError(
+            f"{first}: defect image without a mask ({len(missing)} of {len(defects)}); looked for {looked}"
+        )
+    return images, unlabelled
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def _decode(read: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
+    """``read(path)``, with OpenCV's assertion on an empty file turned into an :class:`ImageReadError`."""
+    try:
+        return read(path)
+    except cv2.error:
+        raise ImageReadError(f"{path}: empty or undecodable file") from None
+
+
+def _progress(items: Sequence[T], desc: str, enabled: bool) -> Iterable[T]:
+    """``items`` behind a tqdm bar when asked for and tqdm is installed."""
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="img")
+
+
+def score_images(
+    detector: Detector,
+    images: Sequence[LabelledImage],
+    batch_size: int | None = None,
+    with_masks: bool = False,
+    progress: bool = False,
+    desc: str = "score",
+) -> ScoredSet:
+    """Raw scores and maps of ``images`` (and their masks at the model resolution: zeros for normal images).
+
+    Unreadable images or masks are skipped and listed; :class:`DatasetLayoutError` if none is readable.
+    """
+    step = batch_size or detector.manifest.max_batch
+    kept: list[LabelledImage] = []
+    frames: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    skipped: list[str] = []
+    size = detector.image_size
+
+    def flush() -> None:
+        out = detector.run(detector.preprocess(frames))
+        scores.append(np.asarray(out.score, np.float32))
+        maps.append(np.asarray(out.anomaly_map, np.float32))
+        frames.clear()
+
+    for image in _progress(images, desc, progress):
+        try:
+            frame = _decode(read_image, image.path)
+            if with_masks:
+                mask = np.zeros((size, size), np.uint8)
+                if image.mask is not None:
+                    mask = preprocess_mask(_decode(read_mask, image.mask), size)
+        except ImageReadError as exc:
+            skipped.append(str(exc))
+            continue
+        kept.append(image)
+        frames.append(frame)
+        if with_masks:
+            masks.append(mask)
+        if len(frames) == step:
+            flush()
+    if frames:
+        flush()
+    if not kept:
+        where = images[0].path.parent if images else "(no files)"
+        raise DatasetLayoutError(f"{where}: none of the {len(images)} image files could be read; first: {skipped[0]}")
+    return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None,
+                     skipped)
+
+
+# -------------------------------------------------------------------------------------------------- calibrate
+
+
+def _f1_stats(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """F1, precision, recall at ``threshold`` and the AUROC (None where undefined)."""
+    flagged = np.asarray(scores, np.float32) >= np.float32(threshold)
+    positive = np.asarray(labels) > 0
+    tp = int(np.count_nonzero(flagged & positive))
+    n_flagged, n_positive = int(np.count_nonzero(flagged)), int(np.count_nonzero(positive))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        auroc = metrics.auroc(np.asarray(scores, np.float32), positive.astype(np.int64))
+    return {
+        "threshold": threshold,
+        "f1": 2 * tp / (n_flagged + n_positive) if n_flagged + n_positive else None,
+        "precision": tp / n_flagged if n_flagged else None,
+        "recall": tp / n_positive if n_positive else None,
+        "auroc": None if math.isnan(auroc) else auroc,
+    }
+
+
+def _fpr_stats(values: np.ndarray, rate: float, kind: str, notes: list[str]) -> dict[str, Any]:
+    """The FPR rule on ``values`` with its counts; a note when ``rate`` is finer than ``1 / n``."""
+    n = int(np.asarray(values).size)
+    threshold = fpr_threshold(values, rate)
+    if rate > 0 and allowed_rejects(n, rate) == 0:
+        notes.append(
+            f"{n} calibration {kind}s resolve false-reject rates only in steps of 1/{n} = {1 / n:.3g}; the target "
+            f"{rate:g} needs at least {min_images(rate)}, so the {kind} threshold lies just above the highest "
+            "normal value (no false rejects on the calibration set)"
+        )
+    return {"target": rate, "threshold": threshold, "values": n, "allowed": allowed_rejects(n, rate),
+            "rejects": rejects(values, threshold), "resolution": 1 / n}
+
+
+def _as_images(source: str | Path | Sequence[str | Path]) -> list[LabelledImage]:
+    files = list_images(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    if not files:
+        raise DatasetLayoutError("no calibration images given; expected normal image files")
+    return [LabelledImage(path) for path in files]
+
+
+def calibrate(
+    detector: Detector,
+    good_images: str | Path | Sequence[str | Path],
+    validation: str | Path | Sequence[LabelledImage] | None = None,
+    fpr: float = 0.01,
+    pixel_fpr: float = 0.001,
+    batch_size: int | None = None,
+    masks: str | Path | None = None,
+    progress: bool = False,
+) -> Thresholds:
+    """Thresholds for ``detector`` (see the module docstring for the rules); nothing is written.
+
+    ``good_images``: a folder or glob of normal images, or their paths. ``validation``: a labelled folder (with
+    ``masks``, an explicit mask folder) or :class:`LabelledImage` records; then the thresholds are F1-optimal.
+    ``batch_size``: images read and run at once (default the manifest's ``max_batch``). Weak results raise
+    :class:`CalibrationWarning` and are listed in ``details["warnings"]``.
+    """
+    check_rate(fpr)
+    check_rate(pixel_fpr)
+    good = _as_images(good_images)
+    notes: list[str] = []
+    labelled: list[LabelledImage] = []
+    if isinstance(validation, (str, Path)):
+        labelled, unlabelled = list_validation(validation, masks)
+        if unlabelled:
+            notes.append(f"{len(unlabelled)} image(s) directly in {validation} carry no label and were ignored")
+    elif validation is not None:
+        labelled = list(validation)
+    with_masks = bool(labelled) and all(image.mask is not None for image in labelled if image.label)
+
+    calib = score_images(detector, good, batch_size, progress=progress, desc="calibration")
+    image_fpr = _fpr_stats(calib.scores, fpr, "image", notes)
+    pixel_fpr_stats = _fpr_stats(calib.maps, pixel_fpr, "pixel", notes)
+    image, pixel, method = image_fpr["threshold"], pixel_fpr_stats["threshold"], "fpr"
+    scores, maps = [calib.scores], [calib.maps]
+    details: dict[str, Any] = {
+        "plan": {"steps": len(detector.plan.timesteps), "start_t": int(detector.plan.start_t)},
+        "calibration": {"images": len(calib.images), "skipped": calib.skipped},
+        "fpr_rule": {"image": image_fpr, "pixel": pixel_fpr_stats},
+    }
+    if labelled:
+        val = score_images(detector, labelled, batch_size, with_masks, progress, desc="validation")
+        labels = val.labels
+        if labels.min() == labels.max():
+            where = validation if isinstance(validation, (str, Path)) else "validation images"
+            raise DatasetLayoutError(f"{where}: only one label is left after skipping unreadable files; "
+                                     "validation needs normal and defect images")
+        image, method = f1_threshold(val.scores, labels), "f1-image"
+        f1_rule: dict[str, Any] = {
+            "images": {"normal": int(np.sum(labels == 0)), "defect": int(np.sum(labels == 1))},
+            "skipped": val.skipped,
+            "image": _f1_stats(val.scores, labels, image),
+            "pixel": None,
+        }
+        if not with_masks:
+            notes.append("not every validation defect has a mask: the pixel threshold comes from the FPR rule")
+        elif not val.masks.any():
+            notes.append("the validation masks mark no pixel at the model resolution: pixel threshold by the FPR rule")
+        else:
+            pixel, method = f1_threshold(val.maps, val.masks), "f1"
+            f1_rule["pixel"] = _f1_stats(val.maps.ravel(), val.masks.ravel(), pixel)
+        details["f1_rule"] = f1_rule
+        scores.append(val.scores)
+        maps.append(val.maps)
+    skipped = len(calib.skipped) + len(details.get("f1_rule", {}).get("skipped", []))
+    if skipped:
+        notes.append(f"{skipped} unreadable file(s) skipped")
+    details["false_reject_rate"] = {
+        "image": rejects(calib.scores, image) / calib.scores.size,
+        "pixel": rejects(calib.maps, pixel) / calib.maps.size,
+    }
+    details["warnings"] = notes
+    for note in notes:
+        warnings.warn(note, CalibrationWarning, stacklevel=2)
+    return Thresholds(
+        image=image,
+        pixel=pixel,
+        image_min=float(min(s.min() for s in scores)),
+        image_max=float(max(s.max() for s in scores)),
+        pixel_min=float(min(m.min() for m in maps)),
+        pixel_max=float(max(m.max() for m in maps)),
+        method=method,
+        details=details,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.3g}%"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def report(thresholds: Thresholds) -> str:
+    """A short human-readable summary of a calibration's :class:`Thresholds`."""
+    d = thresholds.details
+    calib, rule, frr = d["calibration"], d["fpr_rule"], d["false_reject_rate"]
+    header = (
+        f"calibration: {calib['images']} normal images ({len(calib['skipped'])} unreadable skipped), "
+        f"DDIM {d['plan']['steps']} steps from t={d['plan']['start_t']}; method {thresholds.method}"
+    )
+    lines = [header]
+    lines += [f"  skipped {reason}" for reason in calib["skipped"]]
+    for kind in ("image", "pixel"):
+        r = rule[kind]
+        chosen = getattr(thresholds, kind)
+        lines.append(
+            f"{kind} threshold {chosen:.6g}: false-reject rate on the calibration set {_pct(frr[kind])} "
+            f"(FPR rule {r['threshold']:.6g} for target {_pct(r['target'])}: {r['rejects']}/{r['values']} "
+            f"{kind}s at or above, resolution {_pct(r['resolution'])})"
+        )
+    lines.append(f"normalisation: image [{thresholds.image_min:.6g}, {thresholds.image_max:.6g}], "
+                 f"pixel [{thresholds.pixel_min:.6g}, {thresholds.pixel_max:.6g}]")
+    if "f1_rule" in d:
+        f1 = d["f1_rule"]
+        lines.append(f"validation: {f1['images']['normal']} normal + {f1['images']['defect']} defect images "
+                     f"({len(f1['skipped'])} unreadable skipped)")
+        lines += [f"  skipped {reason}" for reason in f1["skipped"]]
+        for kind in ("image", "pixel"):
+            s = f1[kind]
+            if s is not None:
+                lines.append(f"  {kind}: F1-optimal threshold {s['threshold']:.6g}, F1 {_num(s['f1'])}, precision "
+                             f"{_num(s['precision'])}, recall {_num(s['recall'])}, AUROC {_num(s['auroc'])}")
+    lines += [f"warning: {note}" for note in d["warnings"]]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.calibrate",
+        description="Calibrate a model folder's image and pixel thresholds and write them into its manifest.json.",
+    )
+    parser.add_argument("--model", required=True, help="model folder (manifest.json + ONNX graphs)")
+    parser.add_argument("--images", required=True, help="folder (or glob pattern) of normal calibration images")
+    parser.add_argument("--fpr", type=float, default=0.01, help="target image false-reject rate (default 0.01)")
+    parser.add_argument("--pixel-fpr", type=float, default=0.001, help="target pixel false-positive rate (0.001)")
+    parser.add_argument("--validation", help="labelled folder (good/ and <defect>/ subfolders): F1-optimal thresholds")
+    parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
+    parser.add_argument("--device", help="device (default cpu for onnxruntime, cuda:0 for tensorrt)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default the manifest's max_batch)")
+    parser.add_argument("--dry-run", action="store_true", help="print the thresholds, leave the manifest unchanged")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, rate in (("--fpr", args.fpr), ("--pixel-fpr", args.pixel_fpr)):
+        if not 0 <= rate < 1:
+            parser.error(f"{flag} must be in [0, 1), got {rate}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.masks and not args.validation:
+        parser.error("--masks needs --validation")
+    good = list_images(args.images)  # fail on a missing folder before loading the model
+    with Detector(args.model, args.backend, args.device) as detector, warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them
+        thresholds = calibrate(detector, good, args.validation, args.fpr, args.pixel_fpr, args.batch_size,
+                               args.masks, progress=True)
+        print(report(thresholds))
+        if args.dry_run:
+            print(f"dry run: {detector.manifest.root / MANIFEST} left unchanged")
+        else:
+            detector.manifest.set_thresholds(thresholds)
+            print(f"wrote the thresholds to {detector.manifest.root / MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
