@@ -81,7 +81,7 @@ def drift_table(rows: list[dict], summary: dict) -> str:
     lines = [
         "| measure | value |",
         "|:---|---:|",
-        f"| frames | {summary['frames']} |",
+        f"| frames | {summary['frames']} ({summary['stop_reason']}) |",
         f"| errors | {summary['errors']} |",
         f"| throughput | {summary['fps']:.2f} fps |",
         f"| RSS after the first window | {first['rss_mib']:.1f} MiB |",
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "before the first frame\n")
         summary = stream(detector, open_source("synthetic", seed=args.seed), [monitor], frames=args.frames,
                          stop_event=stop)
-    monitor.close()
+        monitor.close()  # while the detector's memory is still held
     if monitor.rows:
         print(f"\n{drift_table(monitor.rows, summary)}")
     return 1 if summary["errors"] else 0

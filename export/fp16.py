@@ -10,12 +10,11 @@ upsample/blur/pool matrices: root-level nodes such as ``/Mul_3``). Graph inputs 
 from __future__ import annotations
 
 import heapq
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-from export.onnx import too_large
 
 FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
 FP32_SCOPES = ("time_proj",)
@@ -34,14 +33,24 @@ def fp32_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The FP16 graph of ``model`` (FP32 I/O), see the module docstring for what stays FP32."""
+def to_fp16(path: Path) -> onnx.ModelProto:
+    """The FP16 graph of the FP32 ONNX file ``path`` (FP32 I/O), see the module docstring for what stays FP32.
+
+    Types come from ONNX shape inference run on the file (works past 2 GB, unlike in memory); the converter
+    needs them to keep inputs that must stay float (e.g. Resize scales) in FP32.
+    """
+    typed = path.with_name(path.name + ".typed")
+    onnx.shape_inference.infer_shapes_path(str(path), str(typed), data_prop=True)
+    try:
+        model = onnx.load(str(typed))  # external data resolves beside it
+    finally:
+        typed.unlink()
     converted = convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
         node_block_list=fp32_nodes(model),
-        disable_shape_infer=too_large(model),
+        disable_shape_infer=True,
     )
     topological_sort(converted.graph)
     return converted

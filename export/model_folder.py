@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import onnx
 from tqdm import tqdm
 
 from export.fp16 import to_fp16
@@ -50,7 +49,7 @@ def export_one(component: Component, out: Path, precision: str, opset: int) -> E
     path = out / f"{component.name}.onnx"
     files = export_component(component, path, opset)
     if precision == "fp16":
-        files = save(to_fp16(onnx.load(str(path))), path)
+        files = save(to_fp16(path), path)
         check(path)
     return ExportedComponent(component.name, files, time.perf_counter() - start)
 

@@ -39,10 +39,10 @@ import argparse
 import glob
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,11 +57,11 @@ from runtime.sources import IMAGE_EXTENSIONS
 from runtime.synthetic import GOOD
 
 GROUND_TRUTH = "ground_truth"
+RATE_NAMES = {"image": "false-reject rate", "pixel": "normal pixels flagged"}
 VALIDATION_LAYOUT = (
     "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder, "
     "masks in ../ground_truth/<defect>/<stem>_mask.png or --masks"
 )
-T = TypeVar("T")
 
 
 class CalibrationWarning(UserWarning):
@@ -226,15 +226,35 @@ def _decode(read: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: empty or undecodable file") from None
 
 
-def _progress(items: Sequence[T], desc: str, enabled: bool) -> Iterable[T]:
-    """``items`` behind a tqdm bar when asked for and tqdm is installed."""
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="img")
+class _NoProgress:
+    """Stands in for a tqdm bar."""
+
+    def update(self, n: int) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar over ``total`` images when asked for and tqdm is installed, else a silent stand-in."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return _NoProgress()
+        return tqdm(total=total, desc=desc, unit="img")
+    return _NoProgress()
+
+
+def _read(image: LabelledImage, size: int, with_masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The RGB image and (``with_masks``) its mask at the model resolution, zeros without a mask file."""
+    frame = _decode(read_image, image.path)
+    if not with_masks:
+        return frame, None
+    if image.mask is None:
+        return frame, np.zeros((size, size), np.uint8)
+    return frame, preprocess_mask(_decode(read_mask, image.mask), size)
 
 
 def score_images(
@@ -251,37 +271,31 @@ def score_images(
     """
     step = batch_size or detector.manifest.max_batch
     kept: list[LabelledImage] = []
-    frames: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     maps: list[np.ndarray] = []
     skipped: list[str] = []
-    size = detector.image_size
-
-    def flush() -> None:
-        out = detector.run(detector.preprocess(frames))
-        scores.append(np.asarray(out.score, np.float32))
-        maps.append(np.asarray(out.anomaly_map, np.float32))
-        frames.clear()
-
-    for image in _progress(images, desc, progress):
-        try:
-            frame = _decode(read_image, image.path)
-            if with_masks:
-                mask = np.zeros((size, size), np.uint8)
-                if image.mask is not None:
-                    mask = preprocess_mask(_decode(read_mask, image.mask), size)
-        except ImageReadError as exc:
-            skipped.append(str(exc))
-            continue
-        kept.append(image)
-        frames.append(frame)
-        if with_masks:
-            masks.append(mask)
-        if len(frames) == step:
-            flush()
-    if frames:
-        flush()
+    bar = _progress(len(images), desc, progress)
+    try:
+        for start in range(0, len(images), step):
+            frames = []
+            for image in images[start : start + step]:
+                try:
+                    frame, mask = _read(image, detector.image_size, with_masks)
+                except ImageReadError as exc:
+                    skipped.append(str(exc))
+                    continue
+                kept.append(image)
+                frames.append(frame)
+                if mask is not None:
+                    masks.append(mask)
+            if frames:
+                out = detector.run(detector.preprocess(frames))
+                scores.append(np.asarray(out.score, np.float32))
+                maps.append(np.asarray(out.anomaly_map, np.float32))
+            bar.update(len(images[start : start + step]))
+    finally:
+        bar.close()
     if not kept:
         where = images[0].path.parent if images else "(no files)"
         raise DatasetLayoutError(f"{where}: none of the {len(images)} image files could be read; first: {skipped[0]}")
@@ -365,7 +379,7 @@ def calibrate(
     image_fpr = _fpr_stats(calib.scores, fpr, "image", notes)
     pixel_fpr_stats = _fpr_stats(calib.maps, pixel_fpr, "pixel", notes)
     image, pixel, method = image_fpr["threshold"], pixel_fpr_stats["threshold"], "fpr"
-    scores, maps = [calib.scores], [calib.maps]
+    scores, maps, skipped = [calib.scores], [calib.maps], len(calib.skipped)
     details: dict[str, Any] = {
         "plan": {"steps": len(detector.plan.timesteps), "start_t": int(detector.plan.start_t)},
         "calibration": {"images": len(calib.images), "skipped": calib.skipped},
@@ -373,11 +387,11 @@ def calibrate(
     }
     if labelled:
         val = score_images(detector, labelled, batch_size, with_masks, progress, desc="validation")
-        labels = val.labels
+        labels, skipped = val.labels, skipped + len(val.skipped)
         if labels.min() == labels.max():
             where = validation if isinstance(validation, (str, Path)) else "validation images"
-            raise DatasetLayoutError(f"{where}: only one label is left after skipping unreadable files; "
-                                     "validation needs normal and defect images")
+            raise DatasetLayoutError(f"{where}: validation needs normal and defect images, the readable ones are all "
+                                     f"{'defects' if labels[0] else 'normal'}")
         image, method = f1_threshold(val.scores, labels), "f1-image"
         f1_rule: dict[str, Any] = {
             "images": {"normal": int(np.sum(labels == 0)), "defect": int(np.sum(labels == 1))},
@@ -395,7 +409,6 @@ def calibrate(
         details["f1_rule"] = f1_rule
         scores.append(val.scores)
         maps.append(val.maps)
-    skipped = len(calib.skipped) + len(details.get("f1_rule", {}).get("skipped", []))
     if skipped:
         notes.append(f"{skipped} unreadable file(s) skipped")
     details["false_reject_rate"] = {
@@ -442,7 +455,7 @@ def report(thresholds: Thresholds) -> str:
         r = rule[kind]
         chosen = getattr(thresholds, kind)
         lines.append(
-            f"{kind} threshold {chosen:.6g}: false-reject rate on the calibration set {_pct(frr[kind])} "
+            f"{kind} threshold {chosen:.6g}: {RATE_NAMES[kind]} on the calibration set {_pct(frr[kind])} "
             f"(FPR rule {r['threshold']:.6g} for target {_pct(r['target'])}: {r['rejects']}/{r['values']} "
             f"{kind}s at or above, resolution {_pct(r['resolution'])})"
         )
@@ -478,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
     parser.add_argument("--device", help="device (default cpu for onnxruntime, cuda:0 for tensorrt)")
+    parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's)")
+    parser.add_argument("--start-t", type=int, help="start timestep to calibrate for (default: the manifest's)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default the manifest's max_batch)")
     parser.add_argument("--dry-run", action="store_true", help="print the thresholds, leave the manifest unchanged")
     return parser
@@ -494,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.masks and not args.validation:
         parser.error("--masks needs --validation")
     good = list_images(args.images)  # fail on a missing folder before loading the model
-    with Detector(args.model, args.backend, args.device) as detector, warnings.catch_warnings():
+    with Detector(args.model, args.backend, args.device, args.steps, args.start_t) as detector, \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them
         thresholds = calibrate(detector, good, args.validation, args.fpr, args.pixel_fpr, args.batch_size,
                                args.masks, progress=True)

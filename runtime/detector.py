@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,15 @@ class Detector:
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
         self.backend = make_backend(self.manifest, backend, device)
         self.thresholds = self.manifest.thresholds
+        calibrated_plan = self.thresholds.details.get("plan")
+        ours = {"steps": len(self.plan.timesteps), "start_t": int(self.plan.start_t)}
+        if self.thresholds.calibrated and calibrated_plan and calibrated_plan != ours:
+            warnings.warn(
+                f"{self.manifest.root}: thresholds were calibrated with DDIM {calibrated_plan}, this detector runs "
+                f"{ours}; raw scores shift with the plan, so labels and masks may be wrong. Recalibrate with "
+                "python -m runtime.calibrate using the same --steps/--start-t.",
+                stacklevel=2,
+            )
 
     @property
     def image_size(self) -> int:
@@ -125,7 +135,8 @@ class Detector:
             return Prediction(score, raw, None, None, None, None, dict(seconds), recon)
         pred_score = float(normalize(score, t.image, t.image_min, t.image_max))
         amap = normalize(raw, t.pixel, t.pixel_min, t.pixel_max)
-        return Prediction(score, raw, pred_score, score >= t.image, amap, amap >= 0.5, dict(seconds), recon)
+        # labels and masks compare the raw values (normalisation rounds in float32 near the threshold)
+        return Prediction(score, raw, pred_score, score >= t.image, amap, raw >= t.pixel, dict(seconds), recon)
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds

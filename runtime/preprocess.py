@@ -42,9 +42,12 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def _read_bytes(path: str | Path) -> np.ndarray:
     try:
-        return np.fromfile(str(path), dtype=np.uint8)
+        data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file (expected an image)")
+    return data
 
 
 @lru_cache(maxsize=64)

@@ -8,6 +8,11 @@ Live sources (cameras, URLs) are read in a background thread that keeps only the
 drops stale frames (counted) instead of falling behind, and a lost stream reconnects with backoff. Files, folders
 and the synthetic feed are scored frame by frame. A frame that cannot be decoded gives an error record and the
 stream goes on. SIGINT / SIGTERM finish the frame in flight, close the outputs and print the summary (status 0).
+
+A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
+``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
+either ``score`` (raw), ``pred_score`` (0.5 = the calibrated threshold), ``label`` (null when the model folder is
+uncalibrated) and ``latency_ms`` (``preprocess encode steps decode score`` and the frame's ``total``), or ``error``.
 """
 from __future__ import annotations
 

@@ -15,10 +15,12 @@ from runtime import Detector, metrics
 from runtime.calibrate import (
     CalibrationWarning,
     LabelledImage,
+    _NoProgress,
     _progress,
     calibrate,
     f1_threshold,
     fpr_threshold,
+    list_images,
     list_validation,
     main,
     rejects,
@@ -85,10 +87,13 @@ def test_f1_rule_is_metrics_f1_max_and_the_best_highest_threshold():
 
 
 def test_progress_falls_back_without_tqdm(monkeypatch):
-    items = [1, 2]
-    assert _progress(items, "x", enabled=False) is items
+    assert type(_progress(2, "x", enabled=True)).__name__ == "tqdm"
+    assert isinstance(_progress(2, "x", enabled=False), _NoProgress)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
-    assert _progress(items, "x", enabled=True) is items
+    bar = _progress(2, "x", enabled=True)
+    assert isinstance(bar, _NoProgress)
+    bar.update(2)
+    bar.close()
 
 
 # ------------------------------------------------------------------------------------------------- listing
@@ -145,6 +150,13 @@ def test_missing_or_empty_image_folder_is_named(tmp_path, capsys):
         assert str(folder) in err and expected in err
     with pytest.raises(DatasetLayoutError, match="validation folder not found"):
         list_validation(missing)
+    with pytest.raises(DatasetLayoutError, match="glob pattern matches no image files"):
+        list_images(f"{empty}/*.png")
+
+
+def test_images_from_a_glob_pattern(synthetic_data):
+    files = list_images(f"{synthetic_data}/*/train/good/*.png")
+    assert files == sorted(synthetic_data.glob("*/train/good/*.png")) and len(files) == 2 * len(CLASSES)
 
 
 # ------------------------------------------------------------------------------------------ on the tiny model

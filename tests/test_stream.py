@@ -104,9 +104,9 @@ def test_video_file_source_loops(model_dir, tmp_path, capsys):
     for i in range(4):
         writer.write(np.full((64, 96, 3), (40 * i, 90, 160), np.uint8))
     writer.release()
-    assert main(["--model", str(model_dir), "--source", str(clip), "--loop", "--frames", "6"]) == 0
+    assert main(["--model", str(model_dir), "--source", str(clip), "--loop", "--frames", "5"]) == 0
     records = _lines(capsys.readouterr().out)
-    assert [r["frame"] for r in records] == list(range(6))
+    assert [r["frame"] for r in records] == list(range(5))
     assert all(r["source"] == str(clip) and r["gt_label"] is None for r in records)
     assert records[4]["score"] == pytest.approx(records[0]["score"], rel=1e-3)  # the replay scores alike
 
@@ -210,7 +210,7 @@ def test_live_source_drops_stale_frames_reconnects_and_reports_loss(detector, ca
 
 
 def test_calibrated_model_labels_frames(model_dir, detector, tmp_path, capsys):
-    frames = list(itertools.islice(open_source("synthetic", seed=5, defect_rate=0.5), 6))
+    frames = list(itertools.islice(open_source("synthetic", seed=5, defect_rate=0.5), 4))
     predictions = detector.predict([f.image for f in frames])
     scores = np.array([p.score for p in predictions])
     maps = np.stack([p.raw_map for p in predictions])
@@ -222,7 +222,7 @@ def test_calibrated_model_labels_frames(model_dir, detector, tmp_path, capsys):
     Manifest.load(calibrated).set_thresholds(thresholds)
 
     out = tmp_path / "out.jsonl"
-    assert main(["--model", str(calibrated), "--seed", "5", "--defect-rate", "0.5", "--frames", "6",
+    assert main(["--model", str(calibrated), "--seed", "5", "--defect-rate", "0.5", "--frames", "4",
                  "--jsonl", str(out), "--save", str(tmp_path / "shown")]) == 0
     records = _lines(out.read_text())
     assert [r["score"] for r in records] == pytest.approx(scores.tolist(), rel=1e-4)
@@ -230,7 +230,7 @@ def test_calibrated_model_labels_frames(model_dir, detector, tmp_path, capsys):
         assert r["label"] == ("anomalous" if score >= thresholds.image else "normal")
         assert 0.0 <= r["pred_score"] <= 1.0 and (r["pred_score"] >= 0.5) == (r["label"] == "anomalous")
     assert {r["label"] for r in records} == {"anomalous", "normal"}
-    assert len(list((tmp_path / "shown").glob("*.png"))) == 6
+    assert len(list((tmp_path / "shown").glob("*.png"))) == 4
 
     err = capsys.readouterr().err
     accuracy = np.mean([r["label"] == r["gt_label"] for r in records])
