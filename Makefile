@@ -4,13 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> evaluation. Each stage is cached in the run
-# folder; a stage killed mid-way resumes from its last checkpoint on the next `make demo`.
+# The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> evaluation -> export -> calibration -> the
+# stream over synthetic conveyor frames. Each stage is cached; a training stage killed mid-way resumes from its
+# last checkpoint on the next `make demo`; only the stream runs every time.
 DATA ?= data/synthetic
+CALIBRATION ?= data/calibration
 RUN ?= runs/tiny
-AE_MINUTES ?= 4
-TRAIN_MINUTES ?= 8
+MODEL ?= models/tiny
+AE_MINUTES ?= 3
+TRAIN_MINUTES ?= 6.5
 EVAL_ARGS ?= --limit 10 --pictures 1
+STREAM_ARGS ?= --frames 300 --save runs/stream/annotated.mp4
 
 .PHONY: demo test venv clean
 
@@ -36,11 +40,27 @@ $(RUN)/.train-done: $(RUN)/.autoencoder-done
 		$(if $(wildcard $(RUN)/checkpoints/last.safetensors),--resume)
 	touch $@
 
-demo: $(RUN)/.train-done
+$(RUN)/metrics.md: $(RUN)/.train-done
 	$(PY) -m training.evaluate --run $(RUN) --data $(DATA) $(EVAL_ARGS)
+
+$(MODEL)/manifest.json: $(RUN)/.train-done
+	$(PY) -m export --run $(RUN) --out $(MODEL)
+
+# Thresholds from images the model never saw: a second synthetic set (another seed), normal and defective.
+$(CALIBRATION)/synthetic.json: | $(STAMP)
+	$(PY) -m training.synthetic $(CALIBRATION) --seed 1 --train 1 --test-good 15 --test-defect 4
+
+$(MODEL)/.calibrated: $(MODEL)/manifest.json $(CALIBRATION)/synthetic.json
+	$(PY) -m runtime.calibrate --model $(MODEL) --images '$(CALIBRATION)/*/test/good/*.png' \
+		--validation $(CALIBRATION) --fpr 0.05
+	touch $@
+
+demo: $(RUN)/metrics.md $(MODEL)/.calibrated
+	@mkdir -p runs/stream
+	$(PY) -m runtime.stream --model $(MODEL) --source synthetic $(STREAM_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data models

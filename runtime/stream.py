@@ -75,7 +75,8 @@ def require_model_folder(model: str | Path) -> None:
     if not Path(model).is_dir():
         raise ModelFolderError(
             f"{model}: no model folder here. Build one with `make demo`, or export a trained run with "
-            f"`python -m export --run RUN --out {model}` and calibrate it with `python -m runtime.calibrate ...`"
+            f"`python -m export --run RUN --out {model}` and calibrate it with "
+            f"`python -m runtime.calibrate --model {model} --images NORMAL_IMAGES`"
         )
 
 
