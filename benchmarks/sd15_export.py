@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.graphs import components
 from export.model_folder import write_model_folder
 from export.parity import random_inputs, session
-from export.graphs import components
 from training.models.diad import build_model, random_context
 from training.models.presets import sd15
 from training.models.scorer import FeatureScorer

@@ -144,7 +144,7 @@ class Detector:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self):  # noqa: ANN204 - returns self
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
