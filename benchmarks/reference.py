@@ -31,9 +31,14 @@ class ReferenceBackend:
 
     name = "reference"
 
-    def __init__(self, model: DiAD, scorer: FeatureScorer, seed: int = 0):
-        self.model, self.scorer = model.eval(), scorer.eval()
+    def __init__(self, model: DiAD, scorer: FeatureScorer, seed: int = 0, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model, self.scorer = model.to(self.device).float().eval(), scorer.to(self.device).float().eval()
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _eps(self, x: torch.Tensor, t: int, image: torch.Tensor) -> torch.Tensor:
         """Guided noise prediction: both branches in one batched call, then ``e_u + s (e_c - e_u)``."""
@@ -48,27 +53,33 @@ class ReferenceBackend:
         keep_reconstruction: bool = False,
     ) -> BackendOutput:
         seconds: dict[str, float] = {}
-        image = torch.from_numpy(images)
-        start = time.perf_counter()
-        latent = self.model.vae.encode_sample(image, self.generator)
-        x = q_sample(latent, torch.randn(latent.shape, generator=self.generator), plan.start_alpha)
-        seconds["encode"] = time.perf_counter() - start
+        image = torch.from_numpy(images).to(self.device)
+        clock = time.perf_counter()
 
-        start = time.perf_counter()
+        def lap(stage: str) -> None:
+            nonlocal clock
+            self._sync()
+            seconds[stage] = time.perf_counter() - clock
+            clock = time.perf_counter()
+
+        posterior = self.model.vae.autoencoder.encode(image).latent_dist
+        latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=self.generator).to(
+            self.device
+        )
+        latent = latent * self.model.vae.scale
+        noise = torch.randn(latent.shape, generator=self.generator).to(self.device)
+        x = q_sample(latent, noise, plan.start_alpha)
+        lap("encode")
         for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
             x = DiAD.ddim_step(x, self._eps(x, int(t), image), float(a), float(p))
-        seconds["steps"] = time.perf_counter() - start
-
-        start = time.perf_counter()
+        lap("steps")
         recon = self.model.vae.decode(x)
         self.model.vae.decode(latent)  # log["reconstruction"]: decoded for display only
-        seconds["decode"] = time.perf_counter() - start
-
-        start = time.perf_counter()
+        lap("decode")
         amap, score = self.scorer(image, recon)
-        seconds["score"] = time.perf_counter() - start
+        lap("score")
         return BackendOutput(
-            amap.numpy(), score.numpy(), recon.numpy() if keep_reconstruction else None, seconds
+            amap.cpu().numpy(), score.cpu().numpy(), recon.cpu().numpy() if keep_reconstruction else None, seconds
         )
 
     def close(self) -> None:
