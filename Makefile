@@ -12,9 +12,9 @@ CALIBRATION ?= data/calibration
 RUN ?= runs/tiny
 MODEL ?= models/tiny
 AE_MINUTES ?= 3
-TRAIN_MINUTES ?= 6.5
+TRAIN_MINUTES ?= 6
 EVAL_ARGS ?= --limit 10 --pictures 1
-STREAM_ARGS ?= --frames 200 --save runs/stream/annotated.mp4
+STREAM_ARGS ?= --frames 300 --batch 8 --save runs/stream/annotated.mp4
 
 .PHONY: demo test venv clean
 

@@ -21,9 +21,18 @@ import torch
 from export.graphs import components
 from export.model_folder import write_model_folder
 from export.parity import random_inputs, session
-from training.models.diad import build_model, random_context
+from training.models.diad import DiAD, build_model, random_context
 from training.models.presets import sd15
 from training.models.scorer import FeatureScorer
+
+
+def random_sd15() -> tuple[DiAD, FeatureScorer]:
+    """``sd15`` DiAD with seeded random weights and a random-weight scorer (no checkpoint needed)."""
+    config = sd15()
+    torch.manual_seed(0)
+    shape = (config.unet.context_length, config.unet.cross_attention_dim)
+    model = build_model(config, context=random_context(*shape, seed=0)).eval()
+    return model, FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
 
 
 def peak_rss_gib() -> float:
@@ -37,11 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the model folder afterwards")
     args = parser.parse_args(argv)
 
-    config = sd15()
-    torch.manual_seed(0)
-    shape = (config.unet.context_length, config.unet.cross_attention_dim)
-    model = build_model(config, context=random_context(*shape, seed=0)).eval()
-    scorer = FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
+    model, scorer = random_sd15()
     start = time.perf_counter()
     manifest, exported = write_model_folder(model, scorer, args.out, args.precision)
     total = time.perf_counter() - start

@@ -19,12 +19,10 @@ import torch
 
 from benchmarks.flops import component_flops, pipeline_flops, reference_flops
 from benchmarks.reference import REFERENCE_PLAN, ReferenceBackend
+from benchmarks.sd15_export import random_sd15
 from benchmarks.torch_pipeline import TorchBackend
 from runtime.backends.base import STAGES, BackendOutput
 from runtime.schedule import fixed_noise
-from training.models.diad import build_model, random_context
-from training.models.presets import sd15
-from training.models.scorer import FeatureScorer
 
 
 def timed(run: Callable[[], BackendOutput], repeats: int) -> tuple[float, dict[str, float]]:
@@ -49,11 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up (default 1)")
     args = parser.parse_args(argv)
 
-    config = sd15()
-    torch.manual_seed(0)
-    shape = (config.unet.context_length, config.unet.cross_attention_dim)
-    model = build_model(config, context=random_context(*shape, seed=0)).eval()
-    scorer = FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
+    model, scorer = random_sd15()
+    config = model.config
     flops = component_flops(model, scorer)
     image = np.random.default_rng(0).standard_normal((1, 3, config.image_size, config.image_size), np.float32)
     plan = REFERENCE_PLAN

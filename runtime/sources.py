@@ -175,7 +175,17 @@ class ImageFiles(Source):
                 return
 
 
-class VideoFile(Source):
+class _CaptureSource(Source):
+    """A source read through an OpenCV capture (``self._capture``), released on close."""
+
+    _capture: Capture
+
+    def close(self) -> None:
+        super().close()
+        self._capture.release()
+
+
+class VideoFile(_CaptureSource):
     """A video file, BGR decoded to RGB; the end of the file ends the source, or rewinds it with ``loop``."""
 
     def __init__(self, path: str, loop: bool = False, max_fps: float | None = None,
@@ -204,12 +214,8 @@ class VideoFile(Source):
         finally:
             self._capture.release()
 
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
-
-class LiveCapture(Source):
+class LiveCapture(_CaptureSource):
     """A camera or network stream. When reading fails it reconnects after ``backoff[0]`` seconds, doubling up to
     ``backoff[1]``, logs each attempt, and raises :class:`SourceError` after ``max_reconnects`` failed attempts
     in a row (None: never). With ``reconnect=False`` a lost stream ends the source."""
@@ -252,10 +258,6 @@ class LiveCapture(Source):
                 self._capture = self._open()
         finally:
             self._capture.release()
-
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
 
 def _printable_url(url: str) -> str:

@@ -213,18 +213,25 @@ def _write_frames(frame_sinks: Sequence[FrameSink], image: np.ndarray) -> bool:
     return quit_
 
 
-def _score(detector: Detector, frame: Frame, frame_sinks: Sequence[FrameSink], time_format: str,
-           truth: _Truth) -> tuple[dict, float | None, bool]:
-    """One frame through the detector and the frame sinks: (record, latency or None for an error, quit?)."""
+def _score(detector: Detector, batch: Sequence[Frame], frame_sinks: Sequence[FrameSink], time_format: str,
+           truth: _Truth) -> list[tuple[dict, float | None, bool]]:
+    """Frames through the detector (readable ones in one batch) and the frame sinks, in order: per frame
+    (record, latency or None for an error, quit?). A frame's latency is its batch's wall time."""
     start = time.perf_counter()
-    if frame.error is not None or frame.image is None:
-        quit_ = bool(frame_sinks) and _write_frames(frame_sinks, error_card(frame))
-        return error_record(frame, time_format), None, quit_
-    prediction = detector.predict(frame.image)
-    quit_ = bool(frame_sinks) and _write_frames(frame_sinks, annotated(frame.image, prediction))
-    truth.add(frame, prediction)
-    total = time.perf_counter() - start
-    return prediction_record(frame, prediction, total, time_format), total, quit_
+    readable = [f for f in batch if f.error is None and f.image is not None]
+    predictions = dict(zip(map(id, readable), detector.predict([f.image for f in readable]) if readable else []))
+    results = []
+    for frame in batch:
+        prediction = predictions.get(id(frame))
+        if prediction is None:
+            quit_ = bool(frame_sinks) and _write_frames(frame_sinks, error_card(frame))
+            results.append((error_record(frame, time_format), None, quit_))
+            continue
+        quit_ = bool(frame_sinks) and _write_frames(frame_sinks, annotated(frame.image, prediction))
+        truth.add(frame, prediction)
+        total = time.perf_counter() - start
+        results.append((prediction_record(frame, prediction, total, time_format), total, quit_))
+    return results
 
 
 def stream(
@@ -236,10 +243,13 @@ def stream(
     frames: int | None = None,
     stop_event: threading.Event | None = None,
     time_format: str = "iso",
+    batch: int = 1,
 ) -> dict:
     """Score ``source`` frame by frame (a live one through a :class:`LatestFrameReader`) into ``records`` and
     annotated ``frame_sinks`` until it ends, ``frames`` records were written, ``stop_event`` is set or a window
-    viewer quits; the frame in flight is always finished. The source is closed on return; the sinks are not.
+    viewer quits; the frames in flight are always finished. The source is closed on return; the sinks are not.
+    ``batch`` > 1 scores a finite source's frames in batches (more throughput, each frame waits for its batch);
+    a live source is always scored frame by frame, newest first.
 
     Returns the summary: :meth:`LatencyStats.summary`'s fields (``frames`` = records written, ``dropped`` = live
     frames replaced by newer ones or left unread at the end) plus ``source``, ``stop_reason``, ``skipped`` (live
@@ -251,35 +261,41 @@ def stream(
     finished = threading.Event()
     if stop_event is not None:
         threading.Thread(target=_relay_stop, args=(stop_event, source, finished), daemon=True).start()
-    taken, reason = 0, "end of source"
+    size = 1 if reader is not None else max(1, batch)
+    taken, reason, pending = 0, "end of source", []
     try:
         while True:
-            if frames is not None and taken >= frames:
-                reason = "frame limit"
-                break
-            if stop_event is not None and stop_event.is_set():
-                reason = "stop requested"
-                break
-            try:
-                frame = next(frames_in)
-            except StopIteration:
-                reason = "stop requested" if stop_event is not None and stop_event.is_set() else reason
-                break
-            except SourceError as exc:
-                log.error("%s", exc)
-                reason = f"source lost: {exc}"
-                break
-            taken += 1
-            record, latency, quit_ = _score(detector, frame, frame_sinks, time_format, truth)
-            if latency is None:
-                log.warning("frame %d: %s", frame.index, record["error"])
-                stats.add_error()
+            stop = None
+            if frames is not None and taken + len(pending) >= frames:
+                stop = "frame limit"
+            elif stop_event is not None and stop_event.is_set():
+                stop = "stop requested"
             else:
-                stats.add(latency)
-            for sink in records:
-                sink.write(record)
-            if quit_:
-                reason = "viewer quit"
+                try:
+                    pending.append(next(frames_in))
+                except StopIteration:
+                    stop = "stop requested" if stop_event is not None and stop_event.is_set() else reason
+                except SourceError as exc:
+                    log.error("%s", exc)
+                    stop = f"source lost: {exc}"
+            if pending and (stop is not None or len(pending) == size):
+                taken += len(pending)
+                quit_ = False
+                for record, latency, frame_quit in _score(detector, pending, frame_sinks, time_format, truth):
+                    if latency is None:
+                        log.warning("frame %d: %s", record["frame"], record["error"])
+                        stats.add_error()
+                    else:
+                        stats.add(latency)
+                    for sink in records:
+                        sink.write(record)
+                    quit_ = quit_ or frame_quit
+                pending = []
+                if quit_:
+                    reason = "viewer quit"
+                    break
+            if stop is not None:
+                reason = stop
                 break
     finally:
         finished.set()
@@ -340,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
     parser.add_argument("--frames", type=int, help="stop after this many frames (default: the end of the source)")
     parser.add_argument("--max-fps", type=float, help="read at most this many frames per second")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="files and synthetic feed: score this many frames per call (default 1; live sources 1)")
     parser.add_argument("--loop", action="store_true", help="replay a video file or image folder")
     parser.add_argument("--seed", type=int, default=0, help="synthetic source: random seed (default 0)")
     parser.add_argument("--defect-rate", type=float, default=0.3, help="synthetic source: defective share (0.3)")
@@ -356,6 +374,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be at least 1")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
     if args.max_fps is not None and args.max_fps <= 0:
         parser.error("--max-fps must be positive")
     if not 0.0 <= args.defect_rate <= 1.0:
@@ -390,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source.close()
                 raise
             summary = stream(detector, source, records, frame_sinks, frames=args.frames, stop_event=stop,
-                             time_format=args.time)
+                             time_format=args.time, batch=args.batch)
     if received:
         log.info("stopped by %s after the frame in flight", received[0])
     print(f"summary: {summary_text(summary)}", file=sys.stderr)

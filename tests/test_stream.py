@@ -98,6 +98,26 @@ def test_folder_with_a_corrupt_file_gives_an_error_record_and_goes_on(model_dir,
     assert _summary(captured.err) == (4, 1, 0)
 
 
+def test_batches_score_like_single_frames_and_keep_order(model_dir, synthetic_data, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, picture in enumerate(sorted(synthetic_data.glob("*/test/*/*.png"))[:5]):
+        shutil.copy(picture, folder / f"{k}.png")
+    (folder / "2b.png").write_bytes(b"")  # an empty file inside the second batch
+    runs = {}
+    for batch in ("1", "3"):
+        assert main(["--model", str(model_dir), "--source", str(folder), "--batch", batch, "--frames", "5"]) == 0
+        captured = capsys.readouterr()
+        runs[batch] = _lines(captured.out)
+        assert _summary(captured.err) == (5, 1, 0)  # the frame limit counts the error frame too
+    assert [r["name"] for r in runs["3"]] == ["0.png", "1.png", "2.png", "2b.png", "3.png"]
+    assert "empty file" in runs["3"][3]["error"]
+    for one, three in zip(runs["1"], runs["3"]):
+        assert one["name"] == three["name"] and ("error" in one) == ("error" in three)
+        if "score" in one:
+            assert one["score"] == pytest.approx(three["score"], rel=1e-5)
+
+
 def test_video_file_source_loops(model_dir, tmp_path, capsys):
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
