@@ -1,6 +1,6 @@
 """Soak test: the synthetic conveyor streamed through the Detector for many frames, watching memory and latency.
 
-    python -m benchmarks.soak --model MODEL_DIR [--frames 10000] [--report-every 500] [--backend ...] [--device ...]
+    python -m benchmarks.soak --model MODEL_DIR [--frames 10000] [--report-every 500] [--batch 8] [--backend ...]
 
 Frames go through :func:`runtime.stream.stream` exactly as in ``python -m runtime.stream`` (no outputs but this
 report). Every ``--report-every`` frames a Markdown row gives the process's resident memory and the p50 / p95
@@ -102,22 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
     parser.add_argument("--device", help="device for the backend (default: its own)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic conveyor seed (default 0)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per detector call, as the stream's (default 1)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.frames < 1 or args.report_every < 1:
-        parser.error("--frames and --report-every must be at least 1")
+    if min(args.frames, args.report_every, args.batch) < 1:
+        parser.error("--frames, --report-every and --batch must be at least 1")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     monitor = Monitor(args.report_every)
     with stop_on_signals(stop), open_detector(args.model, args.backend, args.device) as detector:
-        print(f"soak: {args.frames} synthetic frames through {args.model} ({args.backend}), RSS {rss_mib():.1f} MiB "
-              "before the first frame\n")
+        print(f"soak: {args.frames} synthetic frames through {args.model} ({args.backend}, batch {args.batch}), "
+              f"RSS {rss_mib():.1f} MiB before the first frame\n")
         summary = stream(detector, open_source("synthetic", seed=args.seed), [monitor], frames=args.frames,
-                         stop_event=stop)
+                         stop_event=stop, batch=args.batch)
         monitor.close()  # while the detector's memory is still held
     if monitor.rows:
         print(f"\n{drift_table(monitor.rows, summary)}")

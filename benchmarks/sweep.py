@@ -11,7 +11,8 @@ backend also runs the VAE-only baseline (encode, decode, score). With ``--run``,
 inference as released (:mod:`benchmarks.reference`) run too, and every row shows its speedup over the reference's
 p50 latency; FLOPs per image come from the PyTorch modules. Latency per image is a batch's wall time (outputs on
 the host) over its size, after ``--warmup`` batches. Peak memory: the process's RSS high-water mark during the
-configuration (reset per configuration through /proc/self/clear_refs), and PyTorch's CUDA peak on GPU.
+configuration (reset per configuration through /proc/self/clear_refs; it includes memory that earlier
+configurations' allocators, e.g. ONNX Runtime's arenas, still hold), and PyTorch's CUDA peak on GPU.
 
 Writes ``sweep.{csv,json,md}`` and ``pareto.png`` (latency against I-AUROC) to ``--out``.
 """
@@ -22,6 +23,7 @@ import csv
 import json
 import math
 import platform
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -339,7 +341,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     groups: dict[str, list[Row]] = {}
     for r in first:
-        groups.setdefault(f"{r.backend} {r.precision}" if r.method == "diad" else r.method, []).append(r)
+        name = f"{r.backend} {r.precision}" if r.method == "diad" else f"{r.method} (any backend)"
+        groups.setdefault(name, []).append(r)
     for name, group in groups.items():
         ax.scatter([r.p50_ms for r in group], [r.i_auroc for r in group], label=name, s=28)
     front = pareto_front(first)
@@ -350,7 +353,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency per image (ms, batch {rows[0].batch}, log scale)")
     ax.set_ylabel("I-AUROC (mean over classes)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 110), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
