@@ -200,9 +200,7 @@ def measure(
     stages = {k: v / count for k, v in stages.items()}
     if max_batches is not None:
         return latencies, stages, None
-    return latencies, stages, BackendOutput(
-        np.concatenate([o.anomaly_map for o in outputs]), np.concatenate([o.score for o in outputs])
-    )
+    return latencies, stages, BackendOutput.concat(outputs)
 
 
 def accuracy(out: BackendOutput, data: TestSet) -> dict[str, float]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import STAGES, Backend, BackendOutput
+from runtime.backends.base import Backend, BackendOutput
 from runtime.errors import BackendError
-from runtime.manifest import Manifest, Thresholds, check_plan
+from runtime.manifest import Manifest, check_plan
 from runtime.preprocess import preprocess
 from runtime.schedule import fixed_noise
 from runtime.scoring import normalize
@@ -94,18 +94,10 @@ class Detector:
     def run(self, batch: np.ndarray, keep_reconstruction: bool = False) -> BackendOutput:
         """Raw outputs for pre-processed images, in chunks of at most the manifest's ``max_batch``."""
         step = self.manifest.max_batch
-        parts = [
+        return BackendOutput.concat([
             self.backend.run(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
             for i in range(0, len(batch), step)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return BackendOutput(
-            np.concatenate([p.anomaly_map for p in parts]),
-            np.concatenate([p.score for p in parts]),
-            np.concatenate([p.reconstruction for p in parts]) if keep_reconstruction else None,
-            {s: sum(p.seconds[s] for p in parts) for s in STAGES},
-        )
+        ])
 
     def predict(
         self, images: np.ndarray | Sequence[np.ndarray], keep_reconstruction: bool = False
@@ -137,9 +129,6 @@ class Detector:
         amap = normalize(raw, t.pixel, t.pixel_min, t.pixel_max)
         # labels and masks compare the raw values (normalisation rounds in float32 near the threshold)
         return Prediction(score, raw, pred_score, score >= t.image, amap, raw >= t.pixel, dict(seconds), recon)
-
-    def set_thresholds(self, thresholds: Thresholds) -> None:
-        self.thresholds = thresholds
 
     def close(self) -> None:
         self.backend.close()

@@ -26,6 +26,19 @@ class BackendOutput:
     reconstruction: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def concat(cls, parts: list[BackendOutput]) -> BackendOutput:
+        """Batches' outputs joined in order, stage seconds summed."""
+        if len(parts) == 1:
+            return parts[0]
+        keep = parts[0].reconstruction is not None
+        return cls(
+            np.concatenate([p.anomaly_map for p in parts]),
+            np.concatenate([p.score for p in parts]),
+            np.concatenate([p.reconstruction for p in parts]) if keep else None,
+            {stage: sum(p.seconds.get(stage, 0.0) for p in parts) for stage in STAGES},
+        )
+
 
 class Backend(ABC):
     """One model folder on one device. ``run`` is synchronous: outputs are host arrays when it returns."""

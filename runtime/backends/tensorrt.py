@@ -400,7 +400,7 @@ class TensorRTBackend(Backend):
                 parts.append(self.collect())
         while self._jobs:
             parts.append(self.collect())
-        return concat(parts)
+        return BackendOutput.concat(parts)
 
     def close(self) -> None:
         while self._jobs:
@@ -409,14 +409,3 @@ class TensorRTBackend(Backend):
             slot.close()
         self._slots, self.engines = [], {}  # contexts (dropped by the slots) before engines, engines before runtime
         self._runtime = None
-
-
-def concat(parts: list[BackendOutput]) -> BackendOutput:
-    """Batches' outputs joined in order, stage seconds summed."""
-    keep = parts[0].reconstruction is not None
-    return BackendOutput(
-        anomaly_map=np.concatenate([p.anomaly_map for p in parts]),
-        score=np.concatenate([p.score for p in parts]),
-        reconstruction=np.concatenate([p.reconstruction for p in parts]) if keep else None,
-        seconds={stage: sum(p.seconds[stage] for p in parts) for stage in STAGES},
-    )
