@@ -10,14 +10,12 @@ current RSS, and the peak RSS after the call minus the RSS before it is the call
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import sys
 import time
 
 import cv2
 import numpy as np
 
+from benchmarks.memory import status_mib
 from runtime import metrics
 
 
@@ -52,26 +50,14 @@ def synthetic_data(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return image_scores, image_labels, maps, masks
 
 
-def current_rss_mb() -> float:
-    """Resident memory of this process now (Linux ``/proc``), in MiB."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def measure(n: int = 1725, size: int = 256, seed: int = 0) -> dict:
     """Generate the data, run ``metrics.compute`` once on it and return its figures and metrics."""
     image_scores, image_labels, maps, masks = synthetic_data(n, size, seed)
-    rss_before, peak_before = current_rss_mb(), peak_rss_mb()
+    rss_before, peak_before = status_mib("VmRSS"), status_mib("VmHWM")
     start = time.perf_counter()
     result = metrics.compute(image_scores, image_labels, maps, masks)
     seconds = time.perf_counter() - start
-    peak_after = peak_rss_mb()
+    peak_after = status_mib("VmHWM")
     return {
         "images": n,
         "size": size,

@@ -9,7 +9,6 @@ component and, for the fused step, one ONNX Runtime CPU call at batch 1. The fol
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.memory import status_mib
 from export.graphs import components
 from export.model_folder import write_model_folder
 from export.parity import random_inputs, session
@@ -35,10 +35,6 @@ def random_sd15() -> tuple[DiAD, FeatureScorer]:
     return model, FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sd15_export", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
@@ -51,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest, exported = write_model_folder(model, scorer, args.out, args.precision)
     total = time.perf_counter() - start
 
-    print(f"sd15 export ({args.precision}, random weights): {total:.0f} s in all, peak RSS {peak_rss_gib():.1f} GiB")
+    print(f"sd15 export ({args.precision}, random weights): {total:.0f} s in all, peak RSS {status_mib('VmHWM') / 1024:.1f} GiB")
     print("| component | files | size (MiB) | export (s) |\n|:---|:---|---:|---:|")
     for e in exported:
         print(f"| {e.name} | {', '.join(f.name for f in e.files)} | {e.bytes / 2**20:,.0f} | {e.seconds:.0f} |")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.memory import status_mib
 from training.models.diad import build_model, random_context
 from training.models.presets import PRESETS, TRAINABLE_SETS, ModelConfig, get_preset
 
@@ -67,7 +67,7 @@ def one_step(preset: str, trainable: str, precision: str) -> dict[str, float]:
         "forward_s": forward - start,
         "backward_s": backward - forward,
         "optimizer_s": end - backward,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
+        "peak_rss_gib": status_mib("VmHWM") / 1024,
     }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import threading
 from collections.abc import Sequence
@@ -20,23 +19,11 @@ from typing import TextIO
 
 import numpy as np
 
+from benchmarks.memory import status_mib
 from runtime.cli import run_cli
 from runtime.detector import BACKENDS
 from runtime.sources import open_source
 from runtime.stream import open_detector, stop_on_signals, stream
-
-
-def rss_mib() -> float:
-    """Resident memory of this process now (``VmRSS`` in ``/proc/self/status``; else the peak from ``resource``)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class Monitor:
@@ -64,7 +51,7 @@ class Monitor:
 
     def _report(self) -> None:
         p50, p95 = np.percentile(self.window, [50, 95]) if self.window else (float("nan"), float("nan"))
-        row = {"frames": self.frames, "rss_mib": rss_mib(), "p50_ms": float(p50), "p95_ms": float(p95),
+        row = {"frames": self.frames, "rss_mib": status_mib("VmRSS"), "p50_ms": float(p50), "p95_ms": float(p95),
                "errors": self.errors}
         if not self.rows:
             print("| frames | RSS MiB | p50 ms | p95 ms | errors |\n|---:|---:|---:|---:|---:|", file=self.out)
@@ -116,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitor = Monitor(args.report_every)
     with stop_on_signals(stop), open_detector(args.model, args.backend, args.device) as detector:
         print(f"soak: {args.frames} synthetic frames through {args.model} ({args.backend}, batch {args.batch}), "
-              f"RSS {rss_mib():.1f} MiB before the first frame\n")
+              f"RSS {status_mib('VmRSS'):.1f} MiB before the first frame\n")
         summary = stream(detector, open_source("synthetic", seed=args.seed), [monitor], frames=args.frames,
                          stop_event=stop, batch=args.batch)
         monitor.close()  # while the detector's memory is still held

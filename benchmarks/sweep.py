@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.memory import reset_peak, status_mib
 from runtime.backends.base import STAGES, BackendOutput
 from runtime.cli import run_cli
 from runtime.errors import BackendError, DatasetLayoutError
@@ -102,27 +103,6 @@ class Row:
         if self.method != "diad":
             return f"{self.backend} {self.precision} {self.method}"
         return f"{self.backend} {self.precision} t{self.start_t}/{self.steps}"
-
-
-# ------------------------------------------------------------------------------------------------- memory
-def reset_peak_rss() -> None:
-    """Reset the kernel's RSS high-water mark of this process (Linux; harmless elsewhere)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------------------ backends
@@ -216,7 +196,7 @@ def make_row(
     return Row(
         backend, precision, method, plan.start_t if plan else None, len(plan.timesteps) if plan else None, batch,
         float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), float(1e3 / lat.mean()),
-        {k: v * 1e3 for k, v in stages.items()}, peak_rss_mib(), gpu_mib, **scores,
+        {k: v * 1e3 for k, v in stages.items()}, status_mib("VmHWM"), gpu_mib, **scores,
     )
 
 
@@ -252,7 +232,7 @@ def sweep_backend(
                 return backend.run(x, plan, noise)
         scores: dict[str, float] = {}
         for k, batch in enumerate(args.batch):
-            reset_peak_rss()
+            reset_peak()
             reset_gpu_peak(backend)
             latencies, stages, out = measure(run, data, batch, args.warmup, None if k == 0 else args.latency_batches)
             if out is not None:
@@ -267,7 +247,7 @@ def reference_row(args: argparse.Namespace, data: TestSet) -> Row:
     from benchmarks.reference import REFERENCE_PLAN, ReferenceBackend
 
     backend = ReferenceBackend(*torch_model(args.run))
-    reset_peak_rss()
+    reset_peak()
     latencies, stages, out = measure(lambda x: backend.run(x, REFERENCE_PLAN), data, 1, args.warmup, None)
     return make_row("torch", "fp32", "reference", REFERENCE_PLAN, 1, latencies, stages, accuracy(out, data), None)
 

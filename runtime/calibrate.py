@@ -53,7 +53,7 @@ from runtime.detector import BACKENDS, Detector
 from runtime.errors import DatasetLayoutError, ImageReadError
 from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
-from runtime.sources import IMAGE_EXTENSIONS
+from runtime.sources import IMAGE_EXTENSIONS, image_files, is_image_file
 from runtime.synthetic import GOOD
 
 GROUND_TRUTH = "ground_truth"
@@ -138,10 +138,6 @@ def min_images(rate: float) -> int:
 # ---------------------------------------------------------------------------------------------- listing files
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def list_images(spec: str | Path) -> list[Path]:
     """The image files directly inside a folder, or matching a glob pattern (``**`` recursive), sorted.
 
@@ -149,7 +145,7 @@ def list_images(spec: str | Path) -> list[Path]:
     """
     path, kinds = Path(spec), ", ".join(IMAGE_EXTENSIONS)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if _is_image(p))
+        files = image_files(path)
         if not files:
             raise DatasetLayoutError(
                 f"{path}: no image files ({kinds}) directly in this folder; expected the normal images there "
@@ -157,7 +153,7 @@ def list_images(spec: str | Path) -> list[Path]:
             )
         return files
     if any(c in str(spec) for c in "*?["):
-        files = sorted(p for p in map(Path, glob.glob(str(spec), recursive=True)) if _is_image(p))
+        files = sorted(p for p in map(Path, glob.glob(str(spec), recursive=True)) if is_image_file(p))
         if not files:
             raise DatasetLayoutError(f"{spec}: glob pattern matches no image files ({kinds})")
         return files
@@ -186,7 +182,7 @@ def list_validation(folder: str | Path, masks: str | Path | None = None) -> tupl
     if mask_root is not None and not mask_root.is_dir():
         raise DatasetLayoutError(f"{mask_root}: mask folder not found; expected <stem>_mask.png or <stem>.png files")
     images, unlabelled = [], []
-    for path in sorted(p for p in root.rglob("*") if _is_image(p)):
+    for path in sorted(p for p in root.rglob("*") if is_image_file(p)):
         parts = path.relative_to(root).parts[:-1]
         if GROUND_TRUTH in parts or any(part.startswith(".") for part in parts):
             continue

@@ -299,7 +299,7 @@ def open_source(
     if urlsplit(spec).scheme.lower() in URL_SCHEMES:
         return LiveCapture(spec, _printable_url(spec), **live)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(path)
         if not files:
             raise SourceError(f"{spec}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return ImageFiles(files, spec, loop, max_fps)
@@ -313,6 +313,16 @@ def open_source(
             raise SourceError(f"{spec}: glob pattern matches no files")
         return ImageFiles(files, spec, loop, max_fps)
     raise SourceError(f"{spec}: no such file, folder or source; expected {ACCEPTED}")
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file with an image extension (:data:`IMAGE_EXTENSIONS`, any case)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 class LatestFrameReader:
