@@ -24,7 +24,7 @@ from training import build_model as command
 from training.build_model import clip_l_config  # the real one: the module attribute gets patched
 from training.checkpoints import diffusers_configs_from_ldm
 from training.models.diad import CLIP_BOS, CLIP_EOS, DiAD, build_model, empty_prompt_context, random_context
-from training.models.presets import ModelConfig, SGConfig, UNetConfig, VAEConfig, sd15
+from training.models.presets import ModelConfig, ScorerConfig, SGConfig, UNetConfig, VAEConfig, sd15
 from training.models.unet import build_unet
 from training.models.vae import build_autoencoder
 from training.run_folder import RunFolder
@@ -36,6 +36,7 @@ CONFIG = ModelConfig(
     vae=VAEConfig(block_out_channels=(32, 32, 32, 32)),
     unet=UNetConfig(block_out_channels=(32, 32, 64, 96), cross_attention_dim=32, sample_size=8),
     sg=SGConfig(hint_channels=(8, 8, 16, 16)),
+    scorer=ScorerConfig(backbone="tf_efficientnet_lite0", weights_tag="in1k"),
 )
 CLIP = CLIPTextConfig(
     vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
@@ -258,3 +259,19 @@ def test_sd15_preset_fits_sd15_checkpoints():
         assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
     assert sum(p.numel() for p in clip.parameters()) == 123_060_480
     assert clip.config.hidden_size == config.unet.cross_attention_dim
+
+
+def test_a_run_that_cannot_be_scored_fails_before_loading(files, tmp_path, capsys, monkeypatch):
+    """sd15's resnet50 scorer without local weights: a clear error naming the download and the packaged
+    alternative, before any checkpoint is read; --scorer picks the packaged ImageNet backbone instead."""
+    from training.models import backbones
+
+    monkeypatch.setattr(backbones, "cached_weights", lambda backbone, tag: None)
+    resnet = ModelConfig.from_dict({**CONFIG.to_dict(), "scorer": ScorerConfig().__dict__ | {"layers": [1, 2, 3]}})
+    config = tmp_path / "resnet.json"
+    config.write_text(json.dumps(resnet.to_dict()))
+    status = run("--checkpoint", str(tmp_path / "not-read.ckpt"), "--out", str(tmp_path / "a"), "--config", str(config))
+    err = capsys.readouterr().err
+    assert status == 2 and "resnet50.a1_in1k" in err and "--scorer tf_efficientnet_lite0" in err
+    built = build(tmp_path / "b", files["sd.ckpt"], config, "--scorer", "tf_efficientnet_lite0")
+    assert built.model_config().scorer == ScorerConfig(backbone="tf_efficientnet_lite0", weights_tag="in1k")

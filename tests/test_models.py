@@ -12,7 +12,6 @@ from scipy.ndimage import gaussian_filter
 from runtime.errors import CheckpointError
 from runtime.schedule import alphas_cumprod, ddim_plan, ddim_timesteps
 from runtime.scoring import anomaly_map, image_score
-from training.models import scorer as scorer_module
 from training.models.diad import DiAD, build_model, empty_prompt_context
 from training.models.presets import REFERENCE_PARAMETERS_M, ModelConfig, get_preset, sd15, tiny
 from training.models.scorer import FeatureScorer
@@ -291,12 +290,6 @@ def test_scorer_matches_reference_and_runtime(random_scorer):
     cos_np = [c.numpy() for c in cos]
     np.testing.assert_allclose(amap.numpy(), anomaly_map(cos_np, 256), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(score.numpy(), image_score(anomaly_map(cos_np, 256)), rtol=1e-5)
-
-
-def test_scorer_without_weights_warns_and_names_the_download(monkeypatch):
-    monkeypatch.setattr(scorer_module, "cached_weights", lambda backbone, tag: None)
-    with pytest.warns(UserWarning, match=r"resnet50\.a1_in1k"):
-        FeatureScorer()
 
 
 def test_scorer_loads_a_local_weights_file(tmp_path, random_scorer):

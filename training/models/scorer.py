@@ -1,14 +1,16 @@
 """The anomaly scorer: ``1 - cos`` between backbone features of the image and of its reconstruction.
 
-timm ``resnet50`` (``features_only``, layer1..layer3, eval mode) is applied to both ImageNet-normalised images; per
-scale the channel-wise cosine distance is taken (eps 1e-8). The post-processing (bilinear upsample with
-``align_corners=True``, sum, Gaussian sigma 5, image score = max after 8x 8x8 average pooling) is applied with
-the constant matrices of :mod:`runtime.scoring`, held as buffers: plain matmuls, exportable to ONNX, and the same
-math as the torch-free runtime.
+A timm backbone (``features_only``, eval mode; the reference's ``resnet50`` layer1..layer3, or the packaged
+ImageNet ``tf_efficientnet_lite0``) is applied to both images; per scale the channel-wise cosine distance is taken
+(eps 1e-8). Images arrive ImageNet-normalised; a backbone trained with another normalisation (TensorFlow's
+EfficientNet-Lite: mean = std = 0.5) gets them re-normalised by a constant affine map. The post-processing
+(bilinear upsample with ``align_corners=True``, sum, Gaussian sigma 5, image score = max after 8x 8x8 average
+pooling) is applied with the constant matrices of :mod:`runtime.scoring`, held as buffers: plain matmuls,
+exportable to ONNX, and the same math as the torch-free runtime.
 
-Weights are never downloaded: a local file (``weights=PATH``: safetensors or a timm checkpoint) or the local
-Hugging Face cache of ``timm/<backbone>.<tag>``; without either the backbone is random and a loud warning says
-what to download and where to put it.
+Weights are never downloaded (:mod:`training.models.backbones`): a local file, the local Hugging Face cache or
+an installed weights package; without any of them building the scorer fails with what to download and where.
+A random backbone is only ever built when asked for (``weights="random"`` / ``pretrained=False``: tests).
 """
 from __future__ import annotations
 
@@ -16,44 +18,15 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import timm
+import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.constants import HF_HUB_CACHE
 from torch import nn
 
-from runtime.errors import CheckpointError
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.scoring import map_matrices, pool_matrix
-from training.models.notices import warn_loudly
+from training.models.backbones import RANDOM, create_backbone, find_weights
 from training.models.presets import ScorerConfig
-
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def cached_weights(backbone: str, tag: str) -> str | None:
-    """Path of ``timm/<backbone>.<tag>`` weights in the local Hugging Face cache, without any network access."""
-    for filename in HUB_FILES:
-        path = try_to_load_from_cache(f"timm/{backbone}.{tag}", filename)
-        if isinstance(path, str):
-            return path
-    return None
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a full-model or features-only state dict; every tensor of the truncated backbone must be present."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: scorer weights file not found (expected .safetensors or a timm .pth)")
-    own = model.state_dict()
-    state = {k: v for k, v in timm.models.load_state_dict(str(path)).items() if k in own}
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise CheckpointError(f"{path}: not weights of this backbone; missing {len(missing)} tensors, e.g. {missing[:3]}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the backbone ({exc})") from None
 
 
 class FeatureScorer(nn.Module):
@@ -68,22 +41,21 @@ class FeatureScorer(nn.Module):
         weights_tag: str = "a1_in1k",
         pretrained: bool = True,
     ):
-        """``pretrained=False`` deliberately keeps random weights (tests, counting) without warning."""
+        """``weights``: a file, :data:`~training.models.backbones.RANDOM`, or None to look for them;
+        ``pretrained=False`` is the same as ``weights="random"`` (tests, counting)."""
         super().__init__()
-        self.backbone = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=tuple(layers))
-        if pretrained:
-            path = weights or cached_weights(backbone, weights_tag)
-            if path is None:
-                warn_loudly(
-                    f"scorer: no weights for {backbone} - anomaly scores from a RANDOM backbone are meaningless. "
-                    f"Download timm '{backbone}.{weights_tag}' (https://huggingface.co/timm/{backbone}.{weights_tag}, "
-                    f"model.safetensors) into the Hugging Face cache ({HF_HUB_CACHE}), e.g. "
-                    f"`huggingface-cli download timm/{backbone}.{weights_tag}` on a machine with internet, or pass "
-                    "weights=PATH (scorer.weights in the config) to a local .safetensors/.pth file."
-                )
-            else:
-                load_backbone_weights(self.backbone, path)
-        self.backbone.eval().requires_grad_(False)
+        self.weights = RANDOM if not pretrained else find_weights(backbone, weights_tag, weights and str(weights))
+        self.backbone = create_backbone(backbone, self.weights, features_only=True, out_indices=tuple(layers))
+        self.backbone.requires_grad_(False)
+
+        # ImageNet normalisation -> the backbone's own: x' = x * scale + shift (identity for ImageNet backbones).
+        cfg = self.backbone.pretrained_cfg
+        mean, std = np.asarray(cfg.get("mean", IMAGENET_MEAN)), np.asarray(cfg.get("std", IMAGENET_STD))
+        scale = np.asarray(IMAGENET_STD) / std
+        shift = (np.asarray(IMAGENET_MEAN) - mean) / std
+        self.renormalize = not (np.allclose(scale, 1) and np.allclose(shift, 0))
+        self.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
         sizes = tuple(math.ceil(image_size / r) for r in self.backbone.feature_info.reduction())
         self.num_scales = len(sizes)
@@ -102,7 +74,8 @@ class FeatureScorer(nn.Module):
 
     def cos_maps(self, image: torch.Tensor, reconstruction: torch.Tensor) -> list[torch.Tensor]:
         """Per scale ``1 - cos`` along channels, ``(B, h, h)``; both images through one backbone call."""
-        features = self.backbone(torch.cat([image, reconstruction]))
+        both = torch.cat([image, reconstruction])
+        features = self.backbone(both * self.input_scale + self.input_shift if self.renormalize else both)
         batch = image.shape[0]
         return [1.0 - F.cosine_similarity(f[:batch], f[batch:], dim=1, eps=1e-8) for f in features]
 
@@ -118,7 +91,7 @@ class FeatureScorer(nn.Module):
 
 
 def seeded_scorer(config: ScorerConfig, image_size: int, seed: int) -> FeatureScorer:
-    """The scorer of a run, as evaluation and export build it: a backbone without weights is drawn from
+    """The scorer of a run, as evaluation and export build it; a backbone asked for as random is drawn from
     ``seed`` (the noise seed), so every command scores with the same random features."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
