@@ -1,6 +1,8 @@
-"""runtime.synthetic and python -m training.synthetic: exact defect masks, determinism, layout, safe overwrite."""
+"""runtime.synthetic, training.synthetic_parts and python -m training.synthetic: exact defect masks, determinism,
+layout, safe overwrite."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from runtime import synthetic
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import read_image, read_mask
 from training import synthetic as command
+from training import synthetic_parts as parts
 from training.data import load_index
 from training.data.mvtec import load as load_mvtec_folders
 
@@ -120,6 +123,7 @@ def test_generation_is_deterministic(dataset, tmp_path):
 def test_marker_and_contact_sheet(dataset):
     marker = json.loads((dataset / command.MARKER).read_text())
     assert marker["generator"] == command.GENERATOR and marker["seed"] == 0 and marker["size"] == 128
+    assert marker["kind"] == "demo" and marker["classes"] == list(synthetic.CLASSES)
     sheet = read_image(dataset / command.CONTACT_SHEET)
     columns, rows = command.SHEET_GOOD + len(synthetic.DEFECTS), len(synthetic.CLASSES)
     assert sheet.shape == (rows * 258 - 2, columns * 258 - 2, 3)
@@ -173,3 +177,99 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         command.main([str(tmp_path / "bad"), "--train", "0"])
     assert "need seed >= 0" in capsys.readouterr().err
+
+
+def test_command_refuses_an_unknown_kind(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown kind 'toys'"):
+        command.generate(tmp_path / "data", kind="toys", **SMALL)
+    with pytest.raises(SystemExit):
+        command.main([str(tmp_path / "bad"), "--kind", "toys"])
+    assert "invalid choice: 'toys'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- the second set: parts
+
+LOWEST_GAIN = 0.9 * (1 - 0.25 / math.sqrt(2))  # the darkest lighting of render: gain 0.9, the corner of a ramp
+
+
+@pytest.mark.parametrize("class_name", parts.CLASSES)
+def test_parts_defects_change_exactly_the_masked_pixels(class_name):
+    least = math.floor(parts.VISIBLE * LOWEST_GAIN * 255) - 1  # a visible change after lighting and rounding
+    for defect in parts.DEFECTS:
+        for seed in range(3):
+            clean, none = parts.render(class_name, np.random.default_rng(seed))
+            image, mask = parts.render(class_name, np.random.default_rng(seed), defect)
+            assert image.shape == (256, 256, 3) and image.dtype == np.uint8 and mask.dtype == np.uint8
+            assert not none.any() and set(np.unique(mask)) == {0, 1}
+            change = np.abs(image.astype(np.int16) - clean).max(axis=2)
+            assert not change[mask == 0].any(), f"{class_name}/{defect}: change outside the mask"
+            assert (change[mask == 1] >= least).mean() > 0.99, f"{class_name}/{defect}: mask covers small changes"
+            assert parts.MIN_AREA <= mask.mean() <= parts.MAX_AREA
+
+            # before lighting, noise and rounding the rule is exact: every masked pixel moves by VISIBLE or more
+            rng = np.random.default_rng(seed)
+            scene = parts._SCENES[class_name](rng, 128)
+            defective, exact = parts._add_defect(rng, scene, defect)
+            change = np.abs(defective - scene.image).max(axis=2)
+            assert not change[~exact].any() and change[exact].min() >= parts.VISIBLE - 1e-6
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_parts_defect_areas_stay_in_range_at_small_sizes(size):
+    for class_name in parts.CLASSES:
+        for defect in parts.DEFECTS:
+            for seed in range(3, 6):
+                _, mask = parts.render(class_name, np.random.default_rng(seed), defect, size)
+                assert parts.MIN_AREA <= mask.mean() <= parts.MAX_AREA, f"{class_name}/{defect}/{seed} at {size}"
+
+
+def test_parts_render_is_deterministic_and_varies():
+    for class_name in parts.CLASSES:
+        first = parts.render(class_name, np.random.default_rng(5), "crack", 96)
+        again = parts.render(class_name, np.random.default_rng(5), "crack", 96)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again)), f"{class_name}: not reproducible"
+    images = {
+        c: [parts.render(c, np.random.default_rng(s))[0].astype(np.float32) for s in range(2)] for c in parts.CLASSES
+    }
+    for c, (a, b) in images.items():
+        assert np.abs(a - b).mean() > 3, f"{c}: two normal images are nearly the same"
+        assert a.std() > 10, f"{c}: flat image"
+    means = [images[c][0].mean(axis=(0, 1)) for c in parts.CLASSES]
+    assert min(np.abs(m - n).max() for i, m in enumerate(means) for n in means[i + 1 :]) > 5
+
+
+def test_parts_is_a_different_set_with_the_same_interface():
+    assert len(parts.CLASSES) == len(parts.DEFECTS) == 4 and parts.GOOD == synthetic.GOOD
+    assert not set(parts.CLASSES) & set(synthetic.CLASSES) and not set(parts.DEFECTS) & set(synthetic.DEFECTS)
+    with pytest.raises(ValueError, match="unknown class 'nut'"):
+        parts.render("nut", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown defect 'stain'"):
+        parts.render("gear", np.random.default_rng(0), "stain")
+
+
+def test_command_writes_the_parts_dataset(tmp_path, capsys):
+    root = tmp_path / "parts"
+    argv = [str(root), "--seed", "4", "--size", "96", "--train", "2", "--test-good", "1", "--test-defect", "1"]
+    assert command.main([*argv, "--kind", "parts"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {len(parts.CLASSES) * (2 + 1 + len(parts.DEFECTS))} images (tile, carpet, gear, pill" in out
+    index = load_index(root)
+    assert index.layout == "mvtec-json" and index.classes == sorted(parts.CLASSES)
+    assert len(index.split("train")) == 2 * 4 and len(index.split("test")) == (1 + len(parts.DEFECTS)) * 4
+    assert {s.defect for s in index.samples} == {parts.GOOD, *parts.DEFECTS}
+    for sample in index.samples:
+        assert read_image(sample.image).shape == (96, 96, 3)
+        assert (sample.mask is None) == (sample.label == 0)
+        if sample.mask is not None:
+            assert set(np.unique(read_mask(sample.mask))) == {0, 255}
+    sample = next(s for s in index.samples if s.class_name == "gear" and s.defect == "cut")
+    rgb, mask = parts.render("gear", command.sample_rng(4, "gear", "cut", 0, "parts"), "cut", 96)
+    assert np.array_equal(read_image(sample.image), rgb) and np.array_equal(read_mask(sample.mask), mask * 255)
+    marker = json.loads((root / command.MARKER).read_text())
+    assert marker["kind"] == "parts" and marker["classes"] == list(parts.CLASSES)
+    assert marker["defects"] == list(parts.DEFECTS)
+    sheet = read_image(root / command.CONTACT_SHEET)
+    assert sheet.shape == (4 * 258 - 2, (command.SHEET_GOOD + len(parts.DEFECTS)) * 258 - 2, 3)
+    command.main([*argv, "--kind", "demo"])  # a previous synthetic dataset of either kind may be replaced
+    assert json.loads((root / command.MARKER).read_text())["kind"] == "demo"

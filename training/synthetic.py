@@ -1,4 +1,8 @@
-"""``python -m training.synthetic OUT_DIR``: write a synthetic MVTec-AD-layout dataset from :mod:`runtime.synthetic`.
+"""``python -m training.synthetic OUT_DIR [--kind demo|parts]``: write a synthetic MVTec-AD-layout dataset.
+
+``--kind demo`` (the default) draws from :mod:`runtime.synthetic`, ``--kind parts`` from
+:mod:`training.synthetic_parts`, a second set of other products and defects for checking that a recipe
+generalises.
 
 Every class gets ``train/good``, ``test/good``, ``test/<defect>`` for each defect type and
 ``ground_truth/<defect>/<stem>_mask.png`` (0/255), plus the DiAD reference's ``train.json`` / ``test.json``, a
@@ -18,6 +22,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -26,6 +31,7 @@ from runtime import synthetic
 from runtime.cli import run_cli
 from runtime.errors import DatasetLayoutError
 from runtime.visualize import draw_contour, grid, label, write_rgb
+from training import synthetic_parts
 
 MARKER = "synthetic.json"
 GENERATOR = "diad-edge runtime.synthetic"
@@ -33,12 +39,17 @@ CONTACT_SHEET = "contact_sheet.png"
 SHEET_GOOD = 3  # normal images per contact-sheet row, before one image of each defect type
 SHEET_TILE = 256
 CONTOUR = (0, 255, 0)
-GROUPS = ("train", "test_good", *synthetic.DEFECTS)  # the image groups of a class, each with its own numbering
+KINDS: dict[str, ModuleType] = {"demo": synthetic, "parts": synthetic_parts}  # --kind: the image generator
 
 
-def sample_rng(seed: int, class_name: str, group: str, number: int) -> np.random.Generator:
+def groups(kind: str = "demo") -> tuple[str, ...]:
+    """The image groups of a class, each with its own numbering."""
+    return ("train", "test_good", *KINDS[kind].DEFECTS)
+
+
+def sample_rng(seed: int, class_name: str, group: str, number: int, kind: str = "demo") -> np.random.Generator:
     """The generator of one image, independent of every other image's."""
-    return np.random.default_rng([seed, synthetic.CLASSES.index(class_name), GROUPS.index(group), number])
+    return np.random.default_rng([seed, KINDS[kind].CLASSES.index(class_name), groups(kind).index(group), number])
 
 
 def check_target(out_dir: Path) -> None:
@@ -71,16 +82,16 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
         raise OSError(f"{path}: could not write mask")
 
 
-def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, int]) -> tuple[list, list]:
+def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, int], kind: str) -> tuple[list, list]:
     """Write one class's images and masks; return its ``train.json`` and ``test.json`` records."""
-    train, test = [], []
-    for group in GROUPS:
-        defect = group if group in synthetic.DEFECTS else None
+    generator, train, test = KINDS[kind], [], []
+    for group in groups(kind):
+        defect = group if group in generator.DEFECTS else None
         for i in range(counts[group]):
-            rgb, mask = synthetic.render(name, sample_rng(seed, name, group, i), defect, size)
-            folder = "train/good" if group == "train" else f"test/{defect or synthetic.GOOD}"
+            rgb, mask = generator.render(name, sample_rng(seed, name, group, i, kind), defect, size)
+            folder = "train/good" if group == "train" else f"test/{defect or generator.GOOD}"
             record = {"filename": f"{name}/{folder}/{i:03d}.png", "label": int(defect is not None)}
-            record["label_name"] = defect or synthetic.GOOD
+            record["label_name"] = defect or generator.GOOD
             write_rgb(_ready(root / record["filename"]), rgb)
             if defect:
                 record["maskname"] = f"{name}/ground_truth/{defect}/{i:03d}_mask.png"
@@ -90,17 +101,17 @@ def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, 
     return train, test
 
 
-def contact_sheet(seed: int, size: int) -> np.ndarray:
+def contact_sheet(seed: int, size: int, kind: str = "demo") -> np.ndarray:
     """One row per class: normal test images, then the first image of each defect type with its mask outlined."""
-    tiles = []
-    for name in synthetic.CLASSES:
+    generator, tiles = KINDS[kind], []
+    for name in generator.CLASSES:
         for i in range(SHEET_GOOD):
-            rgb, _ = synthetic.render(name, sample_rng(seed, name, "test_good", i), None, size)
+            rgb, _ = generator.render(name, sample_rng(seed, name, "test_good", i, kind), None, size)
             tiles.append(label(_tile(rgb), f"{name} / good"))
-        for defect in synthetic.DEFECTS:
-            rgb, mask = synthetic.render(name, sample_rng(seed, name, defect, 0), defect, size)
+        for defect in generator.DEFECTS:
+            rgb, mask = generator.render(name, sample_rng(seed, name, defect, 0, kind), defect, size)
             tiles.append(label(draw_contour(_tile(rgb), mask, CONTOUR), f"{name} / {defect}"))
-    return grid(tiles, columns=SHEET_GOOD + len(synthetic.DEFECTS))
+    return grid(tiles, columns=SHEET_GOOD + len(generator.DEFECTS))
 
 
 def _tile(rgb: np.ndarray) -> np.ndarray:
@@ -114,15 +125,24 @@ def _write_lines(path: Path, records: list[dict]) -> None:
 
 
 def generate(
-    out_dir: str | Path, seed: int = 0, size: int = 256, train: int = 60, test_good: int = 20, test_defect: int = 10
+    out_dir: str | Path,
+    seed: int = 0,
+    size: int = 256,
+    train: int = 60,
+    test_good: int = 20,
+    test_defect: int = 10,
+    kind: str = "demo",
 ) -> Path:
-    """Write the dataset to ``out_dir`` (see the module docstring) and return its path."""
+    """Write the dataset of generator ``kind`` (see :data:`KINDS`) to ``out_dir`` and return its path."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     out = Path(out_dir).resolve()
     check_target(out)
     parameters = {"seed": seed, "size": size, "train": train, "test_good": test_good, "test_defect": test_defect}
     if seed < 0 or size < 64 or train < 1 or test_good < 0 or test_defect < 0:
         raise ValueError(f"need seed >= 0, size >= 64, train >= 1 and test counts >= 0; got {parameters}")
-    counts = {"train": train, "test_good": test_good, **dict.fromkeys(synthetic.DEFECTS, test_defect)}
+    generator = KINDS[kind]
+    counts = {"train": train, "test_good": test_good, **dict.fromkeys(generator.DEFECTS, test_defect)}
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, previous = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.previous")
     for leftover in (partial, previous):  # our own scratch folders, left by an interrupted run
@@ -130,14 +150,15 @@ def generate(
     partial.mkdir()
     try:
         train_records, test_records = [], []
-        for name in synthetic.CLASSES:
-            train_part, test_part = _write_class(partial, name, seed, size, counts)
+        for name in generator.CLASSES:
+            train_part, test_part = _write_class(partial, name, seed, size, counts, kind)
             train_records += train_part
             test_records += test_part
         _write_lines(partial / "train.json", train_records)
         _write_lines(partial / "test.json", test_records)
-        write_rgb(str(partial / CONTACT_SHEET), contact_sheet(seed, size))
-        marker = {"generator": GENERATOR, **parameters, "classes": synthetic.CLASSES, "defects": synthetic.DEFECTS}
+        write_rgb(str(partial / CONTACT_SHEET), contact_sheet(seed, size, kind))
+        names = {"classes": generator.CLASSES, "defects": generator.DEFECTS}
+        marker = {"generator": GENERATOR, "kind": kind, **parameters, **names}
         (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():
             out.rename(previous)
@@ -160,16 +181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=60, help="training images per class (default 60)")
     parser.add_argument("--test-good", type=int, default=20, help="normal test images per class (default 20)")
     parser.add_argument("--test-defect", type=int, default=10, help="test images per class and defect (default 10)")
+    parser.add_argument("--kind", choices=KINDS, default="demo",
+                        help="demo: fabric, wood, nut, capsule (default); parts: tile, carpet, gear, pill")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        out = generate(args.out_dir, args.seed, args.size, args.train, args.test_good, args.test_defect)
+        out = generate(args.out_dir, args.seed, args.size, args.train, args.test_good, args.test_defect, args.kind)
     except ValueError as exc:
         parser.error(str(exc))
-    per_class = args.train + args.test_good + args.test_defect * len(synthetic.DEFECTS)
+    generator = KINDS[args.kind]
+    per_class = args.train + args.test_good + args.test_defect * len(generator.DEFECTS)
     print(
-        f"wrote {per_class * len(synthetic.CLASSES)} images ({', '.join(synthetic.CLASSES)}; defects "
-        f"{', '.join(synthetic.DEFECTS)}) to {out} in {time.perf_counter() - start:.1f} s\n"
+        f"wrote {per_class * len(generator.CLASSES)} images ({', '.join(generator.CLASSES)}; defects "
+        f"{', '.join(generator.DEFECTS)}) to {out} in {time.perf_counter() - start:.1f} s\n"
         f"contact sheet: {out / CONTACT_SHEET}"
     )
     return 0
