@@ -7,7 +7,7 @@ from pathlib import Path
 
 from export.model_folder import write_model_folder
 from export.onnx import DEFAULT_OPSET
-from export.parity import format_parity, parity
+from export.parity import check_parity, format_parity, parity
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError
 from runtime.manifest import PRECISIONS
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=True,
-        help="compare every graph with PyTorch on ONNX Runtime after the export (default on)",
+        help="compare every graph with PyTorch on ONNX Runtime after the export and fail beyond the tolerance "
+        "(export.parity.TOLERANCE; default on)",
     )
     return parser
 
@@ -59,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = manifest.plan()
     print(f"DDIM {len(plan.timesteps)} steps from t={plan.start_t}: {plan.timesteps.tolist()}")
     if args.verify:
-        print(format_parity(parity(model, scorer, manifest)), end="")
+        results = parity(model, scorer, manifest)
+        print(format_parity(results), end="")
+        check_parity(results, args.precision)
+        print(f"every graph matches PyTorch within the {args.precision} tolerance")
     return 0
 
 

@@ -1,22 +1,18 @@
-"""python -m export: model folder contents, ONNX Runtime vs PyTorch parity (per component and end to end), FP16
-graphs, and errors that name the file.
-
-FP32 tolerance: ONNX Runtime (MLAS) and PyTorch (oneDNN) sum convolutions and matmuls in different orders, which
-moves float32 results by a few ulps per layer; measured errors are ~1e-6 of the output's magnitude. A bound of
-1e-4 x max|output| leaves 100x headroom and still fails for any wrong op, weight, constant or layout (errors of
-order 1).
-"""
+"""python -m export: model folder contents, ONNX Runtime vs PyTorch parity (per component and end to end, within
+``export.parity.TOLERANCE``), FP16 graphs, and errors that name the file."""
 import json
 import shutil
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from export.__main__ import main as export_main
 from export.fp16 import FP32_OPS, PASS_THROUGH, ort_cpu_fallbacks, precision_census
-from export.parity import format_parity, parity
+from export.parity import TOLERANCE, ParityError, check_parity, format_parity, parity
 from runtime import Detector
+from runtime.cli import run_cli
 from runtime.errors import CheckpointError, ModelFolderError
 from runtime.manifest import COMPONENTS, Manifest
 from runtime.metrics import auroc
@@ -28,7 +24,7 @@ from training.models.scorer import seeded_scorer
 from training.run_folder import RunFolder
 
 pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
-FP32_RELATIVE = 1e-4
+FP32_RELATIVE = TOLERANCE["fp32"]
 DATA_MOVEMENT = {*PASS_THROUGH, "Cast", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat", "Slice",
                  "Expand", "Transpose", "Flatten"}
 
@@ -79,6 +75,26 @@ def test_components_match_pytorch_on_random_and_real_inputs(model_dir, model_and
     }
     for r in results:
         assert r.max_abs <= FP32_RELATIVE * r.max_ref, r
+    check_parity(results, "fp32")
+
+
+def test_verify_fails_on_a_graph_that_differs_from_pytorch(model_dir, tiny_run, monkeypatch, capsys):
+    """A model that no longer matches its graphs (one decoder weight changed) fails the check, naming the graph."""
+    model = RunFolder(tiny_run).load_model()
+    with torch.no_grad():
+        model.vae.autoencoder.decoder.conv_out.weight.mul_(1.5)
+    config = model.config
+    results = parity(model, seeded_scorer(config.scorer, config.image_size, 0), Manifest.load(model_dir))
+    with pytest.raises(ParityError, match=r"vae_decoder on random inputs") as error:
+        check_parity(results, "fp32")
+    assert "vae_encoder" not in str(error.value)  # only what differs is named
+
+    import export.__main__ as command
+
+    monkeypatch.setattr(command, "parity", lambda *args, **kwargs: results)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command.main, ["--run", str(tiny_run), "--out", str(model_dir.parent / "verify")])
+    assert exit_info.value.code == 2 and "error: 1 exported graph(s) disagree" in capsys.readouterr().err
 
 
 def test_end_to_end_matches_training_evaluate(model_dir, model_and_scorer, test_images):
@@ -136,7 +152,7 @@ def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, mode
     print("FP16 graphs on ONNX Runtime CPU vs PyTorch FP32\n" + format_parity(results))
     print("ops ONNX Runtime CPU ran in FP32:", ort_cpu_fallbacks(str(manifest.path("denoise_step"))))
     for r in results:
-        assert r.max_abs <= 0.05 * r.max_ref, r  # FP16 weights/activations: about 1e-3 relative measured
+        assert r.max_abs <= TOLERANCE["fp16"] * r.max_ref, r  # FP16 weights/activations: about 1e-3 measured
 
 
 def test_missing_or_corrupt_run_files_are_named(tiny_run, tmp_path, capsys):
