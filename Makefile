@@ -5,15 +5,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> evaluation -> export -> calibration -> the
-# stream over synthetic conveyor frames. Each stage is cached; a training stage killed mid-way resumes from its
-# last checkpoint on the next `make demo`; only the stream runs every time.
+# stream over synthetic conveyor frames. Both training stages start from the shipped tiny base model and use the
+# preset's recipe: the Makefile passes only data, folders and budgets. Each stage is cached; a training stage
+# killed mid-way resumes from its last checkpoint on the next `make demo`; only the stream runs every time.
 DATA ?= data/synthetic
 CALIBRATION ?= data/calibration
 RUN ?= runs/tiny
 MODEL ?= models/tiny
 AE_MINUTES ?= 3
 TRAIN_MINUTES ?= 6
-EVAL_ARGS ?= --limit 10 --pictures 1
+EVAL_ARGS ?= --pictures 1
 STREAM_ARGS ?= --frames 300 --batch 8 --save runs/stream/annotated.mp4
 
 .PHONY: demo test venv clean
@@ -32,7 +33,7 @@ $(DATA)/synthetic.json: | $(STAMP)
 
 $(RUN)/.autoencoder-done: $(DATA)/synthetic.json
 	$(PY) -m training.finetune_autoencoder --preset tiny --data $(DATA) --out $(RUN) --minutes $(AE_MINUTES) \
-		--batch-size 8 --accumulate 1 --lr 1e-3 $(if $(wildcard $(RUN)/checkpoints/vae_last.safetensors),--resume)
+		$(if $(wildcard $(RUN)/checkpoints/vae_last.safetensors),--resume)
 	touch $@
 
 $(RUN)/.train-done: $(RUN)/.autoencoder-done

@@ -17,7 +17,7 @@ from runtime.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST, PRECI
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, ddim_plan
 from training.models.diad import DiAD
-from training.models.scorer import FeatureScorer, cached_weights
+from training.models.scorer import FeatureScorer
 
 LIBRARIES = ("diad-edge", "torch", "diffusers", "timm", "onnx", "onnxruntime")
 
@@ -123,7 +123,7 @@ def write_model_folder(
         "scorer": {
             "backbone": config.scorer.backbone,
             "layers": list(config.scorer.layers),
-            "weights": config.scorer.weights or cached_weights(config.scorer.backbone, config.scorer.weights_tag),
+            "weights": scorer.weights,
         },
         "components": {name: entries[name] for name in COMPONENTS},
         "engines": {},

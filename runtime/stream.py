@@ -305,7 +305,14 @@ def stream(
         else:
             source.close()
     return {"source": source.name, "stop_reason": reason, **stats.summary(), "skipped": source.skipped,
-            "calibrated": detector.thresholds.calibrated, **truth.summary()}
+            "calibrated": detector.thresholds.calibrated, "model": model_summary(detector), **truth.summary()}
+
+
+def model_summary(detector: Detector) -> dict:
+    """What scored the frames: preset, DDIM plan and scorer (backbone, layers, weights), from the manifest."""
+    data, plan = detector.manifest.data, detector.plan
+    return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
+            "scorer": data.get("scorer", {})}
 
 
 def summary_text(summary: dict) -> str:
@@ -315,6 +322,13 @@ def summary_text(summary: dict) -> str:
         parts.append(f"image AUROC {summary['image_auroc']:.3f} over {summary['labelled']} labelled frames")
     if summary["accuracy"] is not None:
         parts.append(f"verdict accuracy {summary['accuracy']:.3f}")
+    model = summary["model"]
+    scorer = model["scorer"]
+    weights = "RANDOM weights" if scorer.get("weights") == "random" else "ImageNet weights"
+    parts.append(
+        f"model {model['preset']}, DDIM {model['steps']} steps from t={model['start_t']}, scorer "
+        f"{scorer.get('backbone')} layers {scorer.get('layers')} ({weights})"
+    )
     return "; ".join(parts) + f" ({summary['stop_reason']})"
 
 

@@ -84,3 +84,80 @@ def test_ddp_replicas_stay_identical(dataset, tmp_path):
     fields = dict(kv.split("=") for kv in line[0].split()[1:])
     assert fields["world"] == "2" and float(fields["max_abs_difference"]) == 0.0
     assert [r["stage"] for r in _log(tmp_path / "ddp")] == ["unet", "sg", "sg"]
+
+
+def test_autoencoder_recipe_perceptual_term_and_crops(dataset, tmp_path):
+    """The preset's recipe is the default (and recorded); the perceptual term compares the scorer's features."""
+    from training.finetune_autoencoder import perceptual_distance
+    from training.models.presets import get_recipe
+    from training.models.scorer import FeatureScorer
+
+    run = tmp_path / "run"
+    finetune_main(["--data", str(dataset), "--out", str(run), "--max-steps", "1", "--batch-size", "2"])
+    recorded = RunFolder(run).read_config()["autoencoder"]
+    recipe = get_recipe("tiny").autoencoder
+    assert recorded["lr"] == recipe.lr and recorded["crop"] == recipe.crop == 64
+    assert recorded["perceptual_weight"] == recipe.perceptual_weight > 0 and recorded["schedule"] == "cosine"
+
+    scorer = FeatureScorer("tf_efficientnet_lite0", image_size=64)
+    image = torch.randn(2, 3, 64, 64)
+    reconstruction = (image + 0.5 * torch.randn_like(image)).requires_grad_(True)
+    distance = perceptual_distance(scorer, image, reconstruction)
+    assert distance.shape == (2,) and (distance > 0.01).all()
+    assert torch.allclose(perceptual_distance(scorer, image, image), torch.zeros(2), atol=1e-5)
+    distance.sum().backward()
+    assert reconstruction.grad.abs().sum() > 0  # the reconstruction is pulled toward the image's features
+
+
+def test_crops_and_schedule():
+    from training.loop import lr_factor, random_crops
+
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    crops = random_crops(images, 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (2, 3, 4, 4)
+    for image, crop in zip(images, crops):  # each crop is a window of its own image
+        windows = image.unfold(1, 4, 1).unfold(2, 4, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 4, 4)
+        assert any(torch.equal(crop, w) for w in windows)
+    assert torch.equal(random_crops(images, None, torch.Generator()), images)
+    assert lr_factor("cosine", 0.0) == 1.0 and abs(lr_factor("cosine", 1.0) - 0.05) < 1e-12
+    assert lr_factor("constant", 0.7) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("linear", 0.5)
+
+
+def test_generated_data_trains_the_unet_stage(tmp_path):
+    """`--data generic` (the base model's pretraining data): endless generated images, no validation split."""
+    run = tmp_path / "base"
+    finetune_main(["--data", "generic", "--out", str(run), "--init", "scratch", "--max-steps", "1", "--batch-size", "2"])
+    train_main(["--preset", "tiny", "--data", "generic", "--out", str(run), "--max-steps", "2", "--batch-size", "2",
+                "--unet-fraction", "1"])
+    rows = _log(run)
+    assert [r["stage"] for r in rows] == ["unet", "unet"] and all(r["val_loss"] == "" for r in rows)
+    config = RunFolder(run).read_config()
+    assert config["data"] == "generic" and config["unet_pretrained"] is True
+
+
+@pytest.mark.parametrize("trainer", ["autoencoder", "diad"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trainer):
+    """N steps, then --resume for N more, end with the same weights as 2N steps in one go: the checkpoint holds
+    the optimiser, the random generators and the data position."""
+    if trainer == "autoencoder":
+        def run_for(out, steps, *extra):
+            finetune_main(["--data", str(dataset), "--out", str(out), "--init", "scratch", "--max-steps", str(steps),
+                           "--batch-size", "2", "--crop", "32", "--schedule", "constant", *extra])
+        prefix = "vae."
+    else:
+        def run_for(out, steps, *extra):
+            train_main(_args(dataset, out, "--init", "scratch", "--max-steps", str(steps), "--unet-fraction", "0",
+                             "--schedule", "constant", *extra))
+        prefix = "sg."
+    run_for(tmp_path / "straight", 6)
+    run_for(tmp_path / "resumed", 3)
+    run_for(tmp_path / "resumed", 6, "--resume")
+    straight = load_state(tmp_path / "straight" / "model.safetensors").model
+    resumed = load_state(tmp_path / "resumed" / "model.safetensors").model
+    trained = [k for k in straight if k.startswith(prefix)]
+    assert trained and all(torch.equal(straight[k], resumed[k]) for k in trained)
+    start = load_state(tmp_path / "resumed" / "checkpoints" / (
+        "vae_last.safetensors" if trainer == "autoencoder" else "last.safetensors")).meta
+    assert start["step"] == 6 and start["position"] == 6

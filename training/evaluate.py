@@ -44,13 +44,14 @@ from tqdm import tqdm
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, DatasetLayoutError
 from runtime.metrics import COLUMNS, per_class, to_markdown
-from runtime.preprocess import denormalize
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from runtime.schedule import ddim_plan
 from runtime.visualize import grid, heatmap, label, overlay, write_rgb
 from training.data import AnomalyDataset, Sample, load_index
+from training.models.backbones import RANDOM
 from training.models.diad import DiAD
 from training.models.presets import INJECTIONS, ModelConfig
-from training.models.scorer import FeatureScorer, cached_weights, seeded_scorer
+from training.models.scorer import FeatureScorer, seeded_scorer
 from training.run_folder import RunFolder, atomic_write_text
 
 METHODS = ("diad", "vae")
@@ -103,7 +104,8 @@ class Settings:
 class EvaluationResult:
     """Per-image outputs of :func:`evaluate`, in the order of ``samples``.
 
-    ``scores[method]`` ``(N,)`` and ``maps[method]`` ``(N, S, S)`` float32; ``masks`` ``(N, S, S)`` uint8 0/1;
+    ``scores[method]`` ``(N,)`` and ``maps[method]`` ``(N, S, S)`` float32; ``psnr[method]`` ``(N,)`` dB of the
+    reconstruction against the input (RGB in [0, 1]); ``masks`` ``(N, S, S)`` uint8 0/1;
     ``seconds_per_image`` per stage (see :func:`evaluate`); ``pictures[i]``: RGB uint8 ``input``, ``vae`` and
     ``diad`` reconstructions of the images asked for.
     """
@@ -115,12 +117,22 @@ class EvaluationResult:
     masks: np.ndarray
     scores: dict[str, np.ndarray]
     maps: dict[str, np.ndarray]
+    psnr: dict[str, np.ndarray]
     seconds_per_image: dict[str, float]
     pictures: dict[int, dict[str, np.ndarray]]
 
     def metrics(self) -> dict[str, list[dict]]:
         """``runtime.metrics.per_class`` rows (classes, then ``mean``) of each method."""
         return {m: per_class(self.classes, self.scores[m], self.labels, self.maps[m], self.masks) for m in METHODS}
+
+    def reconstruction(self) -> dict[str, dict[str, float]]:
+        """How faithfully each method reconstructs the normal images: mean PSNR (dB) and mean feature distance
+        (the anomaly map's mean, i.e. the scorer's ``1 - cos`` summed over scales)."""
+        good = self.labels == 0
+        return {
+            m: {"psnr_db": float(self.psnr[m][good].mean()), "feature_distance": float(self.maps[m][good].mean())}
+            for m in METHODS
+        } if good.any() else {}
 
 
 class StageClock:
@@ -228,6 +240,7 @@ def evaluate(
     n = len(samples)
     scores = {m: np.empty(n, np.float32) for m in METHODS}
     maps = {m: np.empty((n, size, size), np.float32) for m in METHODS}
+    psnr = {m: np.empty(n, np.float32) for m in METHODS}
     masks = np.empty((n, size, size), np.uint8)
     kept: dict[int, dict[str, np.ndarray]] = {}
     wanted = set(pictures)
@@ -248,6 +261,7 @@ def evaluate(
                     amap, score = scorer(image, recon)
                 maps[method][at : at + len(image)] = amap.float().cpu().numpy()
                 scores[method][at : at + len(image)] = score.float().cpu().numpy()
+                psnr[method][at : at + len(image)] = peak_signal_to_noise(image, recon)
             masks[at : at + len(image)] = batch["mask"][:, 0].numpy() > 0
             for k in sorted(wanted.intersection(range(at, at + len(image)))):
                 rgb = {"input": image[k - at], **{m: r[k - at] for m, r in recons.items()}}
@@ -273,9 +287,19 @@ def evaluate(
         masks=masks,
         scores=scores,
         maps=maps,
+        psnr=psnr,
         seconds_per_image={name: value / n for name, value in seconds.items()},
         pictures=kept,
     )
+
+
+def peak_signal_to_noise(image: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
+    """Per image PSNR (dB) between two ImageNet-normalised batches, as RGB clipped to [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    a, b = ((x.float() * std + mean).clamp(0, 1) for x in (image, reconstruction))
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return (-10 * torch.log10(mse)).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------------ files
@@ -367,6 +391,11 @@ def comparison(metrics: dict[str, list[dict]]) -> str:
     return "diad vs vae (mean over classes): " + ", ".join(parts)
 
 
+def _scorer_text(scorer: dict[str, Any]) -> str:
+    weights = "RANDOM weights (scores meaningless)" if scorer["weights"] == RANDOM else f"weights {scorer['weights']}"
+    return f"{scorer['backbone']} layers {scorer['layers']}, {weights}"
+
+
 def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
     """The Markdown of ``metrics.md``: settings, one table per method, the comparison line."""
     st, data, sec = info["settings"], info["dataset"], info["seconds_per_image"]
@@ -376,14 +405,24 @@ def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
         (
             f"DDIM {st['steps']} steps from t={st['start_t']}, injection {st['injection']}, noise seed "
             f"{st['noise_seed']}; {data['images']} test images ({data['good']} good, {data['defect']} defect) of "
-            f"{len(data['classes'])} classes from {data['path']} ({data['layout']}); scorer weights: "
-            f"{info['scorer']['weights'] or 'RANDOM (scores meaningless)'}; "
+            f"{len(data['classes'])} classes from {data['path']} ({data['layout']}); scorer: "
+            f"{_scorer_text(info['scorer'])}; "
             f"{sec['diad']:.3f} s/image for diad, {sec['wall']:.3f} s/image in all."
         ),
     ]
     for method in METHODS:
         lines += ["", f"## {method}: {DESCRIPTIONS[method]}", "", to_markdown(metrics[method])]
     lines += ["", comparison(metrics)]
+    if info.get("reconstruction"):
+        rec = info["reconstruction"]
+        lines += [
+            "",
+            f"Reconstruction of the {data['good']} normal test images: PSNR "
+            + ", ".join(f"{m} {rec[m]['psnr_db']:.2f} dB" for m in METHODS)
+            + "; mean feature distance "
+            + ", ".join(f"{m} {rec[m]['feature_distance']:.4f}" for m in METHODS)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -491,9 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scorer": {
             "backbone": config.scorer.backbone,
             "layers": list(config.scorer.layers),
-            "weights": config.scorer.weights or cached_weights(config.scorer.backbone, config.scorer.weights_tag),
+            "weights": scorer.weights,
         },
         "seconds_per_image": result.seconds_per_image,
+        "reconstruction": result.reconstruction(),
     }
     print(write_evaluation(out, result, info), end="")
     print(f"wrote {out}/metrics.{{json,csv,md}}, scores.csv and images/ ({len(result.pictures)} pictures)")

@@ -170,11 +170,16 @@ class RunFolder:
         return path if path.is_file() else None
 
     def append_log(self, name: str, row: dict[str, Any]) -> None:
-        """Append one row to ``logs/<name>.csv`` (header written with the first row)."""
+        """Append one row to ``logs/<name>.csv`` (header written with the first row; later rows follow the
+        header's column order, so a resumed run keeps its columns aligned)."""
         path = self.root / "logs" / f"{name}.csv"
-        new = not path.exists()
+        fields = list(row)
+        if path.exists():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), [])
+            fields = header if sorted(header) == sorted(fields) else fields
         with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if f.tell() == 0:
                 writer.writeheader()
             writer.writerow(row)

@@ -3,11 +3,15 @@
 Multi-class (one model for all classes), epsilon-MSE at t ~ U{0..999}, AdamW (reference: lr 1e-5, weight decay
 0.01) on the trainable set ``sg`` or ``sg+decoder``. Two stages:
 
-* ``unet``: only when the UNet is not pretrained (``tiny`` from scratch has no SD-1.5 to start from): the plain
-  UNet learns to denoise the training images, standing in for SD's pretraining. Gets ``--unet-fraction`` of
-  the budget.
+* ``unet``: only when the UNet is not pretrained (a run started with ``--init scratch``): the plain UNet learns
+  to denoise the training images, standing in for SD's pretraining. Gets ``--unet-fraction`` of the budget;
+  ``--data generic --unet-fraction 1`` is how the ``tiny`` base model's UNet was trained.
 * ``sg``: the SG network is (re)initialised from the UNet encoder, as ``build_model`` does from SD-1.5, and
   DiAD trains as the reference does.
+
+A new run starts from the preset's base model (``--init base``, :mod:`training.base_model`; ``tiny`` ships one,
+``sd15`` starts from ``training.build_model``) or from random weights (``--init scratch``). Defaults of the
+optimisation (learning rate, batch, schedule) are the preset's recipe (:data:`training.models.presets.RECIPES`).
 
 The run folder gets ``config.json``, ``logs/train.csv`` (and TensorBoard events with ``--tensorboard``),
 ``checkpoints/last.safetensors`` (model, optimiser, RNG states, written atomically every
@@ -19,24 +23,24 @@ never on test images. Multi-GPU / multi-process: launch with ``torchrun`` (DDP; 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from runtime.cli import run_cli
-from runtime.errors import CheckpointError
-from training.loop import Budget, Every, distributed_setup, slowest, training_data
+from runtime.schedule import NUM_TRAIN_TIMESTEPS
+from training.base_model import INITS, default_init, initialise
+from training.loop import GENERIC, Budget, TrainingLoop, distributed_setup, training_data
 from training.models.diad import DiAD, build_model
-from training.models.presets import PRESETS, TRAINABLE_SETS
-from training.run_folder import RunFolder, TrainingState, load_state, save_state
+from training.models.presets import PRESETS, SCHEDULES, TRAINABLE_SETS, get_recipe
+from training.run_folder import RunFolder
 
 VALIDATION_TIMESTEPS = (50, 250, 500, 750, 950)
 
@@ -49,11 +53,13 @@ class TrainConfig:
     weight_decay: float = 0.01
     batch_size: int = 4
     accumulate: int = 1
+    schedule: str = "constant"
     precision: str = "fp32"
     minutes: float | None = None
     max_steps: int | None = None
     unet_fraction: float = 0.0
     unet_lr: float | None = None
+    max_timestep: int = NUM_TRAIN_TIMESTEPS
     val_fraction: float = 0.1
     val_every: int = 100
     checkpoint_minutes: float = 2.0
@@ -63,28 +69,37 @@ class TrainConfig:
 class Objective(nn.Module):
     """The loss as a module, so DDP can hook its forward."""
 
-    def __init__(self, model: DiAD, with_sg: bool):
+    def __init__(self, model: DiAD, with_sg: bool, max_timestep: int):
         super().__init__()
         self.model = model
         self.with_sg = with_sg
+        self.max_timestep = max_timestep
 
     def forward(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.model.training_loss(image, generator, with_sg=self.with_sg)
+        return self.model.training_loss(image, generator, with_sg=self.with_sg, max_timestep=self.max_timestep)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--data", required=True, help="dataset folder (MVTec-AD, VisA or generic folder layout)")
+    p.add_argument("--data", required=True, help=f"dataset folder (MVTec-AD, VisA or folder layout), or '{GENERIC}'")
     p.add_argument("--out", required=True, help="run folder; an existing run's config.json and weights are used")
+    p.add_argument("--init", choices=INITS, default=None, help="a new run's start (default: base where one ships)")
     p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
     p.add_argument("--trainable", choices=TRAINABLE_SETS, default=None, help="trainable set (default: preset's)")
     p.add_argument("--injection", choices=("mid+sff", "all"), default=None, help="SG residuals (default: preset's)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-5 sd15, 1e-3 tiny)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the recipe's)")
     p.add_argument("--unet-lr", type=float, default=None, help="learning rate of the unet stage (default: --lr)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per micro-batch and process (default: 4)")
-    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step (default: 1)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the recipe's)")
+    p.add_argument(
+        "--max-timestep",
+        type=int,
+        default=None,
+        help="the sg stage trains at t ~ U{0..N-1} (default: the recipe's; the reference: 1000)",
+    )
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per micro-batch and process (default: recipe)")
+    p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimiser step (default: recipe)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default: fp32)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the whole run, resumes included")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps of the whole run (both stages)")
@@ -134,6 +149,71 @@ def stage_at(progress: float, cfg: TrainConfig) -> str:
     return "unet" if progress < cfg.unet_fraction else "sg"
 
 
+def stage_progress(progress: float, cfg: TrainConfig) -> float:
+    """How much of its own stage's share of the budget a run has spent (each stage runs its own schedule)."""
+    if progress < cfg.unet_fraction:
+        return progress / cfg.unet_fraction
+    return (progress - cfg.unet_fraction) / max(1.0 - cfg.unet_fraction, 1e-9)
+
+
+class DiADTraining(TrainingLoop):
+    """DiAD's step: the epsilon-MSE of the current stage (``unet`` then ``sg``), DDP, bf16 autocast, validation."""
+
+    def __init__(self, model: DiAD, cfg: TrainConfig, world: int, writer: Any = None, **loop: Any):
+        super().__init__(**loop)
+        self.model, self.cfg, self.world, self.writer = model, cfg, world, writer
+        self.meta["stage"] = None
+        self.stage: str | None = None
+        self.current: torch.optim.Optimizer | None = None
+        self.objective: nn.Module | None = None
+        self.generators = {"noise": torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)}
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+        )
+
+    def optimizer(self, progress: float) -> tuple[torch.optim.Optimizer, float]:
+        want = stage_at(progress, self.cfg)
+        if want != self.stage:
+            if want == "sg" and self.meta["stage"] == "unet":
+                self.model.sg.copy_encoder_from(self.model.unet)  # DiAD's init: SG = the (pretrained) UNet encoder
+            self.current = optimizer_for(self.model, want, self.cfg)
+            if self.saved_optimizer is not None and self.meta["stage"] == want:
+                self.current.load_state_dict(self.saved_optimizer)
+            self.saved_optimizer = None
+            self.objective = Objective(
+                self.model, want == "sg", self.cfg.max_timestep if want == "sg" else NUM_TRAIN_TIMESTEPS
+            )
+            if self.world > 1:
+                self.objective = DistributedDataParallel(self.objective, find_unused_parameters=True)
+            self.stage = self.meta["stage"] = want
+        return self.current, (self.cfg.unet_lr or self.cfg.lr) if want == "unet" else self.cfg.lr
+
+    def schedule_progress(self, progress: float) -> float:
+        return stage_progress(progress, self.cfg)
+
+    def micro_loss(self, batch: torch.Tensor, last: bool) -> torch.Tensor:
+        sync = self.objective.no_sync() if self.world > 1 and not last else nullcontext()
+        with sync, self.autocast:
+            return self.objective(batch, self.generators["noise"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(weights, strict=True)
+
+    def log_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = {**row, "stage": self.stage, "val_loss": ""}
+        val = self.data.val_loader
+        if val is not None and (self.step % self.cfg.val_every == 0 or self.budget.finished(self.elapsed, self.step)):
+            row["val_loss"] = validation_loss(self.model, val, self.stage == "sg", self.device)
+        if self.writer is not None:
+            self.writer.add_scalar(f"loss/{self.stage}", row["loss"], self.step)
+            if row["val_loss"] != "":
+                self.writer.add_scalar(f"val_loss/{self.stage}", row["val_loss"], self.step)
+        return row
+
+
 def train(args: argparse.Namespace) -> DiAD:
     """Run the training described by the command-line ``args``; returns the trained model."""
     rank, world = distributed_setup()
@@ -144,15 +224,21 @@ def train(args: argparse.Namespace) -> DiAD:
     model_config, config = run.config_or_preset(args.preset)
     model_config.trainable = args.trainable or model_config.trainable
     model_config.injection = args.injection or model_config.injection
+    torch.manual_seed(args.seed)
+    model = build_model(model_config, device="cpu")
+    started = initialise(model, run, config, args.init or default_init(model_config.name))
+    recipe = get_recipe(model_config.name).diad
     cfg = TrainConfig(
-        lr=args.lr or (1e-5 if model_config.name == "sd15" else 1e-3),
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        accumulate=args.accumulate,
+        lr=args.lr or recipe.lr,
+        weight_decay=recipe.weight_decay if args.weight_decay is None else args.weight_decay,
+        batch_size=args.batch_size or recipe.batch_size,
+        accumulate=args.accumulate or recipe.accumulate,
+        schedule=args.schedule or recipe.schedule,
         precision=args.precision,
         minutes=args.minutes,
         max_steps=args.max_steps,
-        unet_lr=args.unet_lr,
+        unet_lr=args.unet_lr or recipe.unet_lr,
+        max_timestep=args.max_timestep or recipe.max_timestep,
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         checkpoint_minutes=args.checkpoint_minutes,
@@ -161,97 +247,36 @@ def train(args: argparse.Namespace) -> DiAD:
             args.unet_fraction if args.unet_fraction is not None else 0.0 if config.get("unet_pretrained") else 0.4
         ),
     )
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_config, device="cpu")
-    started_from = run.load_weights_into(model)
-    state = None
-    if args.resume:
-        last = run.last_checkpoint()
-        if last is None:
-            raise CheckpointError(f"{run.checkpoints}: nothing to resume (no last.safetensors)")
-        state = load_state(last)
-        model.load_state_dict(state.model, strict=True)
     model.to(device).train()
-    if rank == 0:
-        run.create()
-        config.update(model=model_config.to_dict(), train=asdict(cfg), data=str(args.data))
-        config.setdefault("unet_pretrained", False)
-        run.write_config(config)
-        if not started_from and state is None:
-            print(
-                "note: starting from scratch (no model.safetensors in the run folder): the VAE stays untrained "
-                "unless python -m training.finetune_autoencoder ran first"
-            )
-
-    data = training_data(
-        args.data, args.classes, model_config.image_size, cfg.val_fraction, cfg.batch_size, cfg.seed, rank, world
-    )
-    meta = state.meta if state else {"step": 0, "elapsed": 0.0, "stage": None}
-    step, elapsed = int(meta["step"]), float(meta["elapsed"])
-    budget = Budget(cfg.minutes, cfg.max_steps)
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + step)
     writer = None
     if args.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.root / "logs"))
-
-    def checkpoint() -> None:
-        meta.update(step=step, elapsed=elapsed)
-        path = run.checkpoints / "last.safetensors"
-        save_state(path, TrainingState(model.state_dict(), optimizer.state_dict(), meta))
-
-    stage, optimizer, objective = None, None, None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
-    progress = tqdm(total=cfg.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
-    batches = data.batches()
-    save_timer = Every(cfg.checkpoint_minutes)
-    while not budget.finished(elapsed, step):
-        want = stage_at(budget.progress(elapsed, step), cfg)
-        if want != stage:
-            if want == "sg" and meta.get("stage") == "unet":
-                model.sg.copy_encoder_from(model.unet)  # DiAD's init: SG = the (pretrained) UNet encoder
-            optimizer = optimizer_for(model, want, cfg)
-            if state is not None and state.optimizer is not None and meta.get("stage") == want:
-                optimizer.load_state_dict(state.optimizer)
-            objective = Objective(model, with_sg=want == "sg")
-            if world > 1:
-                objective = DistributedDataParallel(objective, find_unused_parameters=True)
-            stage = meta["stage"] = want
-        tick = time.monotonic()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = 0.0
-        for micro in range(cfg.accumulate):
-            image = next(batches).to(device)
-            sync = objective.no_sync() if world > 1 and micro < cfg.accumulate - 1 else nullcontext()
-            with sync, autocast:
-                loss = objective(image, generator) / cfg.accumulate
-            loss.backward()
-            loss_value += float(loss.detach())
-        optimizer.step()
-        step += 1
-        elapsed += slowest(time.monotonic() - tick, device)
-        progress.update(1)
-        progress.set_postfix(stage=stage, loss=f"{loss_value:.4f}")
-        row = {"step": step, "stage": stage, "loss": loss_value, "elapsed_s": round(elapsed, 2), "val_loss": ""}
-        if data.val_loader is not None and (step % cfg.val_every == 0 or budget.finished(elapsed, step)):
-            row["val_loss"] = validation_loss(model, data.val_loader, stage == "sg", device)
-        if rank == 0:
-            run.append_log("train", row)
-            if writer:
-                writer.add_scalar(f"loss/{stage}", loss_value, step)
-                if row["val_loss"] != "":
-                    writer.add_scalar(f"val_loss/{stage}", row["val_loss"], step)
-            if save_timer.due():
-                checkpoint()
-    progress.close()
+    loop = DiADTraining(
+        model, cfg, world, writer, run=run,
+        data=training_data(
+            args.data, args.classes, model_config.image_size, cfg.val_fraction, cfg.batch_size, cfg.seed, rank, world
+        ),
+        budget=Budget(cfg.minutes, cfg.max_steps), accumulate=cfg.accumulate, schedule=cfg.schedule,
+        checkpoint_minutes=cfg.checkpoint_minutes, device=device, rank=rank,
+    )
+    if args.resume:
+        loop.resume()
     if rank == 0:
-        checkpoint()
+        run.create()
+        config.update(model=model_config.to_dict(), train=asdict(cfg), data=str(args.data))
+        config.setdefault("unet_pretrained", False)
+        run.write_config(config)
+        if not args.resume:
+            print(started)
+    loop.train("train", cfg.max_steps)
+    if rank == 0:
         run.save_model(model)
         config["unet_pretrained"] = bool(config.get("unet_pretrained")) or cfg.unet_fraction > 0
-        config["trained"] = {"steps": step, "minutes": round(elapsed / 60, 2)}
+        config["trained"] = {"steps": loop.step, "minutes": round(loop.elapsed / 60, 2)}
         run.write_config(config)
-        print(f"trained {step} steps in {elapsed / 60:.1f} min; model: {run.model_path}")
+        print(f"trained {loop.step} steps in {loop.elapsed / 60:.1f} min; model: {run.model_path}")
     if writer:
         writer.close()
     return model

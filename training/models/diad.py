@@ -65,7 +65,7 @@ class DiAD(nn.Module):
         super().__init__()
         self.config = config
         self.vae = LatentAutoencoder(config.vae)
-        self.unet = build_unet(config.unet)
+        self.unet = build_unet(config.unet, config.vae.latent_channels)
         self.sg = SemanticGuidedNetwork(
             self.unet, config.sg.hint_channels, config.injection, config.sff_init, config.sg.sff_init_gain
         )
@@ -164,8 +164,10 @@ class DiAD(nn.Module):
         generator: torch.Generator | None = None,
         with_sg: bool = True,
         timestep: int | None = None,
+        max_timestep: int = NUM_TRAIN_TIMESTEPS,
     ) -> torch.Tensor:
-        """epsilon-MSE at ``t ~ U{0..999}`` on the posterior-sample latent (the reference's training loss).
+        """epsilon-MSE at ``t ~ U{0..max_timestep-1}`` on the posterior-sample latent (the reference's training
+        loss, with ``max_timestep`` 1000).
 
         ``timestep`` fixes t for all samples (validation); ``with_sg=False`` scores the plain UNet.
         """
@@ -173,7 +175,7 @@ class DiAD(nn.Module):
             latent = self.vae.encode_sample(image, generator)
         if timestep is None:
             device = generator.device if generator is not None else "cpu"
-            t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (image.shape[0],), generator=generator, device=device)
+            t = torch.randint(0, max_timestep, (image.shape[0],), generator=generator, device=device)
         else:
             t = torch.full((image.shape[0],), timestep, dtype=torch.long)
         noise = randn_tensor(latent.shape, generator=generator, device=latent.device, dtype=latent.dtype)

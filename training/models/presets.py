@@ -91,6 +91,43 @@ class InferenceConfig:
 
 
 @dataclass
+class AutoencoderRecipe:
+    """How ``training.finetune_autoencoder`` trains: its defaults, per preset.
+
+    Loss: the reference's ``(|x - x'| + perceptual_weight * P) / exp(logvar) + logvar`` summed per image, plus
+    ``kl_weight`` KL, where ``P`` is the scorer backbone's mean ``1 - cos`` (the reference uses LPIPS, weight 1).
+    ``crop``: side of the random square crops trained on (None: whole images). Adam(0.5, 0.9).
+    """
+
+    lr: float
+    batch_size: int
+    accumulate: int
+    perceptual_weight: float = 1.0
+    crop: int | None = None
+    schedule: str = "constant"  # or "cosine": from lr down to lr / 20 over the budget
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class DiADRecipe:
+    """How ``training.train`` trains: its defaults, per preset (AdamW; reference: lr 1e-5, weight decay 0.01)."""
+
+    lr: float
+    batch_size: int
+    accumulate: int = 1
+    schedule: str = "constant"
+    unet_lr: float | None = None  # the unet stage's, when the UNet is trained from scratch (default: lr)
+    weight_decay: float = 0.01
+    max_timestep: int = 1000  # the sg stage trains at t ~ U{0..max_timestep-1}; the reference: all 1000
+
+
+@dataclass
+class Recipe:
+    autoencoder: AutoencoderRecipe
+    diad: DiADRecipe
+
+
+@dataclass
 class ModelConfig:
     """Everything that fixes the model graph and its inference; ``to_dict``/``from_dict`` round-trip via JSON.
 
@@ -176,26 +213,44 @@ def tiny() -> ModelConfig:
         image_size=128,
         injection="all",
         context="random",
-        vae=VAEConfig(block_out_channels=(16, 32, 64, 64), norm_num_groups=8),
+        vae=VAEConfig(block_out_channels=(16, 32, 64, 64), latent_channels=8, norm_num_groups=8),
         unet=UNetConfig(
-            block_out_channels=(32, 64, 128, 128),
+            block_out_channels=(32, 64, 96, 96),
             attention_head_dim=4,
             cross_attention_dim=32,
             norm_num_groups=8,
             sample_size=16,
         ),
         sg=SGConfig(hint_channels=(8, 16, 32, 32)),
+        scorer=ScorerConfig(backbone="tf_efficientnet_lite0", weights_tag="in1k"),
         inference=InferenceConfig(start_t=399, steps=4),
     )
 
 
 PRESETS = {"sd15": sd15, "tiny": tiny}
+SCHEDULES = ("constant", "cosine")
+RECIPES = {
+    # The reference: lr 4.5e-5 x batch size (4 per GPU, 8 micro-batches), LPIPS weight 1; DiAD lr 1e-5.
+    "sd15": Recipe(AutoencoderRecipe(lr=1.8e-4, batch_size=4, accumulate=8), DiADRecipe(lr=1e-5, batch_size=4)),
+    # Chosen by measurement on a 2-core CPU (README, "Accuracy of the tiny recipe").
+    "tiny": Recipe(
+        AutoencoderRecipe(lr=1e-3, batch_size=16, accumulate=1, crop=64, schedule="cosine"),
+        DiADRecipe(lr=1e-3, batch_size=4, schedule="cosine"),
+    ),
+}
 
 
 def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def get_recipe(name: str) -> Recipe:
+    """The training defaults of a preset (a run's config names its preset)."""
+    if name not in RECIPES:
+        raise ValueError(f"no training recipe for model {name!r}: expected one of {sorted(RECIPES)}")
+    return RECIPES[name]
 
 
 def format_parameter_table(counts: dict[str, int], reference_m: dict[str, float] | None = None) -> str:

@@ -15,14 +15,14 @@ DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDo
 UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
 
-def build_unet(config: UNetConfig) -> UNet2DConditionModel:
-    """The SD-1.5 UNet layout at the configured widths (4 latent channels in and out)."""
+def build_unet(config: UNetConfig, latent_channels: int = 4) -> UNet2DConditionModel:
+    """The SD-1.5 UNet layout at the configured widths (SD-1.5: 4 latent channels in and out)."""
     if len(config.block_out_channels) != len(DOWN_BLOCK_TYPES):
         raise ValueError(f"the SD layout has {len(DOWN_BLOCK_TYPES)} levels, got {config.block_out_channels}")
     return UNet2DConditionModel(
         sample_size=config.sample_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=DOWN_BLOCK_TYPES,
         up_block_types=UP_BLOCK_TYPES,
         block_out_channels=config.block_out_channels,
