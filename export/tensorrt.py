@@ -21,9 +21,8 @@ from typing import Any
 from runtime.backends.tensorrt_env import compute_capability, engine_filename, import_tensorrt
 from runtime.cli import run_cli
 from runtime.errors import ModelFolderError
-from runtime.manifest import COMPONENTS, MANIFEST, Manifest, file_entry
+from runtime.manifest import BATCH_AXIS, COMPONENTS, MANIFEST, Manifest, file_entry
 
-BATCH_AXIS = "B"
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 

@@ -5,5 +5,6 @@ Jetson image without torch.
 """
 
 from runtime.detector import Detector, Prediction
+from runtime.limits import Limits
 
-__all__ = ["Detector", "Prediction"]
+__all__ = ["Detector", "Limits", "Prediction"]

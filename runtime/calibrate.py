@@ -30,33 +30,37 @@ ignored. A defect image's mask is, with ``--masks M``, the first of ``M/<folder>
 ``M/<folder>/<stem>.png``, ``M/<stem>_mask.png``, ``M/<stem>.png`` (``<folder>`` relative to the validation folder),
 otherwise MVTec's ``<test>/../ground_truth/<defect>/<stem>_mask.png``. Either every defect image has a mask or none.
 
-Unreadable image (or mask) files are skipped, named and counted. Memory: all raw maps are held (float32, ``S x S``
-per image).
+Unreadable image (or mask) files, and those over the limits (``--max-pixels``, ``--max-side``, ``--max-file-mb``),
+are skipped, named and counted. Fewer than :data:`MIN_IMAGES` readable normal images, or values that all come out
+equal, are refused (:class:`CalibrationError`): the manifest never gets a normalisation without a span, under which
+``pred_score`` could only be 0 or 1. Memory: all raw maps are held (float32, ``S x S`` per image).
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import math
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from runtime import metrics
 from runtime.cli import run_cli
 from runtime.detector import BACKENDS, Detector
-from runtime.errors import DatasetLayoutError, ImageReadError
+from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
+from runtime.limits import Limits
 from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
 from runtime.sources import IMAGE_EXTENSIONS, image_files, is_image_file
 from runtime.synthetic import GOOD
 
 GROUND_TRUTH = "ground_truth"
+MIN_IMAGES = 2  # readable normal images: fewer leave nothing to normalise pred_score with
 RATE_NAMES = {"image": "false-reject rate", "pixel": "normal pixels flagged"}
 VALIDATION_LAYOUT = (
     "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder, "
@@ -139,11 +143,16 @@ def min_images(rate: float) -> int:
 
 
 def list_images(spec: str | Path) -> list[Path]:
-    """The image files directly inside a folder, or matching a glob pattern (``**`` recursive), sorted.
+    """One image file, the image files directly inside a folder, or those matching a glob pattern (``**``
+    recursive), sorted.
 
-    Raises :class:`DatasetLayoutError` naming ``spec`` when the folder is missing or holds no image file.
+    Raises :class:`DatasetLayoutError` naming ``spec`` when the file or folder is missing or holds no image file.
     """
     path, kinds = Path(spec), ", ".join(IMAGE_EXTENSIONS)
+    if path.is_file():
+        if not is_image_file(path):
+            raise DatasetLayoutError(f"{path}: not an image file; expected {kinds}, a folder of them or a glob")
+        return [path]
     if path.is_dir():
         files = image_files(path)
         if not files:
@@ -157,7 +166,8 @@ def list_images(spec: str | Path) -> list[Path]:
         if not files:
             raise DatasetLayoutError(f"{spec}: glob pattern matches no image files ({kinds})")
         return files
-    raise DatasetLayoutError(f"{path}: folder not found; expected a folder of normal images ({kinds}) or a glob")
+    raise DatasetLayoutError(f"{path}: file or folder not found; expected normal images ({kinds}): a folder, a "
+                             "glob or one file")
 
 
 def mask_candidates(image: Path, root: Path, masks: Path | None) -> list[Path]:
@@ -214,14 +224,6 @@ def list_validation(folder: str | Path, masks: str | Path | None = None) -> tupl
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def _decode(read: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
-    """``read(path)``, with OpenCV's assertion on an empty file turned into an :class:`ImageReadError`."""
-    try:
-        return read(path)
-    except cv2.error:
-        raise ImageReadError(f"{path}: empty or undecodable file") from None
-
-
 class _NoProgress:
     """Stands in for a tqdm bar."""
 
@@ -243,14 +245,14 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return _NoProgress()
 
 
-def _read(image: LabelledImage, size: int, with_masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _read(image: LabelledImage, size: int, with_masks: bool, limits: Limits) -> tuple[np.ndarray, np.ndarray | None]:
     """The RGB image and (``with_masks``) its mask at the model resolution, zeros without a mask file."""
-    frame = _decode(read_image, image.path)
+    frame = read_image(image.path, limits)
     if not with_masks:
         return frame, None
     if image.mask is None:
         return frame, np.zeros((size, size), np.uint8)
-    return frame, preprocess_mask(_decode(read_mask, image.mask), size)
+    return frame, preprocess_mask(read_mask(image.mask, limits), size)
 
 
 def score_images(
@@ -263,7 +265,8 @@ def score_images(
 ) -> ScoredSet:
     """Raw scores and maps of ``images`` (and their masks at the model resolution: zeros for normal images).
 
-    Unreadable images or masks are skipped and listed; :class:`DatasetLayoutError` if none is readable.
+    Unreadable images or masks, and those over the detector's limits, are skipped and listed;
+    :class:`DatasetLayoutError` if none is readable.
     """
     step = batch_size or detector.manifest.max_batch
     kept: list[LabelledImage] = []
@@ -277,8 +280,8 @@ def score_images(
             frames = []
             for image in images[start : start + step]:
                 try:
-                    frame, mask = _read(image, detector.image_size, with_masks)
-                except ImageReadError as exc:
+                    frame, mask = _read(image, detector.image_size, with_masks, detector.limits)
+                except (ImageReadError, LimitError) as exc:
                     skipped.append(str(exc))
                     continue
                 kept.append(image)
@@ -372,6 +375,12 @@ def calibrate(
     with_masks = bool(labelled) and all(image.mask is not None for image in labelled if image.label)
 
     calib = score_images(detector, good, batch_size, progress=progress, desc="calibration")
+    if len(calib.images) < MIN_IMAGES:
+        needed = f" ({min_images(fpr)} to resolve a false-reject rate of {fpr:g})" if fpr > 0 else ""
+        raise CalibrationError(
+            f"{good[0].path}: {len(calib.images)} readable normal image(s) of {len(good)}; calibration needs at least "
+            f"{MIN_IMAGES}{needed}"
+        )
     image_fpr = _fpr_stats(calib.scores, fpr, "image", notes)
     pixel_fpr_stats = _fpr_stats(calib.maps, pixel_fpr, "pixel", notes)
     image, pixel, method = image_fpr["threshold"], pixel_fpr_stats["threshold"], "fpr"
@@ -411,16 +420,25 @@ def calibrate(
         "image": rejects(calib.scores, image) / calib.scores.size,
         "pixel": rejects(calib.maps, pixel) / calib.maps.size,
     }
+    span = {kind: (float(min(v.min() for v in values)), float(max(v.max() for v in values)))
+            for kind, values in (("image", scores), ("pixel", maps))}
+    for kind, (low, high) in span.items():
+        if not high > low:
+            raise CalibrationError(
+                f"{good[0].path}: every {kind} value of the {len(calib.images)} calibration images is {low:.6g}, "
+                "which leaves no span to normalise pred_score with (it could only be 0 or 1); calibrate with more "
+                "varied normal images"
+            )
     details["warnings"] = notes
     for note in notes:
         warnings.warn(note, CalibrationWarning, stacklevel=2)
     return Thresholds(
         image=image,
         pixel=pixel,
-        image_min=float(min(s.min() for s in scores)),
-        image_max=float(max(s.max() for s in scores)),
-        pixel_min=float(min(m.min() for m in maps)),
-        pixel_max=float(max(m.max() for m in maps)),
+        image_min=span["image"][0],
+        image_max=span["image"][1],
+        pixel_min=span["pixel"][0],
+        pixel_max=span["pixel"][1],
         method=method,
         details=details,
     )
@@ -491,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start-t", type=int, help="start timestep to calibrate for (default: the manifest's)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default the manifest's max_batch)")
     parser.add_argument("--dry-run", action="store_true", help="print the thresholds, leave the manifest unchanged")
+    Limits.add_arguments(parser)
     return parser
 
 
@@ -505,12 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.masks and not args.validation:
         parser.error("--masks needs --validation")
     good = list_images(args.images)  # fail on a missing folder before loading the model
-    with Detector(args.model, args.backend, args.device, args.steps, args.start_t) as detector, \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them
+    with Detector(args.model, args.backend, args.device, args.steps, args.start_t,
+                  limits=Limits.from_args(args)) as detector, warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them, and standard error
         thresholds = calibrate(detector, good, args.validation, args.fpr, args.pixel_fpr, args.batch_size,
                                args.masks, progress=True)
         print(report(thresholds))
+        for note in thresholds.details["warnings"]:
+            print(f"WARNING: {note}", file=sys.stderr)
         if args.dry_run:
             print(f"dry run: {detector.manifest.root / MANIFEST} left unchanged")
         else:

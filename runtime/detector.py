@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
-from runtime.errors import BackendError
-from runtime.manifest import Manifest, check_plan
-from runtime.preprocess import preprocess
+from runtime.errors import BackendError, FrameError, ModelFolderError
+from runtime.limits import Limits
+from runtime.manifest import Manifest
+from runtime.preprocess import check_rgb, preprocess
 from runtime.schedule import fixed_noise
 from runtime.scoring import normalize
 
@@ -55,7 +56,8 @@ class Detector:
     """Score images with a model folder.
 
     ``steps`` / ``start_t`` override the manifest's DDIM plan; the diffusion noise is the manifest's fixed
-    seeded noise, so one image always gets the same score, alone or in any batch.
+    seeded noise, so one image always gets the same score, alone or in any batch. Frames over ``limits`` (default
+    :class:`Limits`) are refused with a :class:`~runtime.errors.LimitError`.
     """
 
     def __init__(
@@ -66,10 +68,16 @@ class Detector:
         steps: int | None = None,
         start_t: int | None = None,
         verify: bool = True,
+        limits: Limits | None = None,
     ):
         self.manifest = Manifest.load(model_dir, verify)
-        check_plan(self.manifest)
-        self.plan = self.manifest.plan(steps, start_t)
+        self.limits = limits or Limits()
+        try:
+            self.plan = self.manifest.plan(steps, start_t)
+        except ValueError as exc:
+            raise ModelFolderError(
+                f"{self.manifest.root}: cannot run DDIM steps={steps}, start_t={start_t}: {exc}"
+            ) from None
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
         self.backend = make_backend(self.manifest, backend, device)
         self.thresholds = self.manifest.thresholds
@@ -87,9 +95,14 @@ class Detector:
     def image_size(self) -> int:
         return self.manifest.image_size
 
+    def prepare(self, image: np.ndarray, what: str = "image") -> np.ndarray:
+        """One RGB uint8 frame, checked (:func:`runtime.preprocess.check_rgb`, named ``what`` in errors), to the
+        model's float32 ``(3, S, S)`` input."""
+        return preprocess(check_rgb(image, what, self.limits), self.image_size)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 frames of any size to the model's float32 ``(B, 3, S, S)`` input."""
-        return np.stack([preprocess(image, self.image_size) for image in images])
+        return np.stack([self.prepare(image, f"images[{k}]") for k, image in enumerate(images)])
 
     def run(self, batch: np.ndarray, keep_reconstruction: bool = False) -> BackendOutput:
         """Raw outputs for pre-processed images, in chunks of at most the manifest's ``max_batch``."""
@@ -102,22 +115,28 @@ class Detector:
     def predict(
         self, images: np.ndarray | Sequence[np.ndarray], keep_reconstruction: bool = False
     ) -> Prediction | list[Prediction]:
-        """One RGB uint8 ``(H, W, 3)`` image -> a :class:`Prediction`; a list or ``(B, H, W, 3)`` -> a list."""
-        single = isinstance(images, np.ndarray) and images.ndim == 3
-        frames = [images] if single else list(images)
+        """One RGB uint8 ``(H, W, 3)`` image -> a :class:`Prediction`; a list or ``(B, H, W, 3)`` -> a list.
+
+        A bad frame raises :class:`~runtime.errors.FrameError` (or ``LimitError``) naming it (``images[3]``) and
+        saying what was expected."""
+        single = isinstance(images, np.ndarray) and images.ndim != 4
+        frames = _frames(images)
         if not frames:
             return []
         start = time.perf_counter()
-        batch = self.preprocess(frames)
-        prep = time.perf_counter() - start
-        out = self.run(batch, keep_reconstruction)
-        seconds = {"preprocess": prep, **out.seconds}
-        share = {k: v / len(frames) for k, v in seconds.items()}
-        share["total"] = sum(share.values())
-        predictions = [
-            self._prediction(out, k, share) for k in range(len(frames))
-        ]
+        batch = self.prepare(frames[0])[None] if single else self.preprocess(frames)
+        predictions = self.score(batch, time.perf_counter() - start, keep_reconstruction)
         return predictions[0] if single else predictions
+
+    def score(self, batch: np.ndarray, preprocess_seconds: float = 0.0,
+              keep_reconstruction: bool = False) -> list[Prediction]:
+        """Predictions for a pre-processed ``(B, 3, S, S)`` batch (:meth:`prepare`); ``preprocess_seconds``: the
+        time its pre-processing took, shared out like the other stages."""
+        out = self.run(batch, keep_reconstruction)
+        seconds = {"preprocess": preprocess_seconds, **out.seconds}
+        share = {k: v / len(batch) for k, v in seconds.items()}
+        share["total"] = sum(share.values())
+        return [self._prediction(out, k, share) for k in range(len(batch))]
 
     def _prediction(self, out: BackendOutput, k: int, seconds: dict[str, float]) -> Prediction:
         score, raw = float(out.score[k]), out.anomaly_map[k]
@@ -138,3 +157,19 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _frames(images: object) -> list[np.ndarray]:
+    """``predict``'s argument as a list of frames: one ``(H, W, 3)`` array, a ``(B, H, W, 3)`` array or a
+    sequence of arrays (each checked later, by index)."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        return [images]  # checked (and explained) by prepare
+    if isinstance(images, (str, bytes, Path)) or not isinstance(images, Iterable):
+        raise FrameError(
+            f"images: expected an RGB uint8 array (H, W, 3), a batch (B, H, W, 3) or a list of arrays, got "
+            f"{type(images).__name__}" + ("; read image files with runtime.preprocess.read_image"
+                                          if isinstance(images, (str, Path)) else "")
+        )
+    return list(images)

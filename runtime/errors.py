@@ -14,12 +14,24 @@ class ImageReadError(DiadError):
     """An image or mask file cannot be decoded."""
 
 
+class FrameError(DiadError):
+    """An array given as a frame is not an RGB uint8 image ``(H, W, 3)``."""
+
+
+class LimitError(DiadError):
+    """A file or frame is over one of the plant's limits (:class:`runtime.limits.Limits`)."""
+
+
 class ModelFolderError(DiadError):
     """A model folder is incomplete, corrupt or does not match its manifest."""
 
 
 class CheckpointError(DiadError):
     """A checkpoint is missing, corrupt or does not fit the model."""
+
+
+class CalibrationError(DiadError):
+    """The calibration images cannot give usable thresholds (too few, or all scored alike)."""
 
 
 class SourceError(DiadError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,19 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ModelFolderError
-from runtime.schedule import DDIMPlan, ddim_plan
+from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
+from runtime.schema import SchemaError, anything, array, either, integer, mapping, nullable, number, obj, shown, string
 
 MANIFEST = "manifest.json"
 FORMAT = "diad-edge-model"
 FORMAT_VERSION = 1
 COMPONENTS = ("vae_encoder", "hint_encoder", "denoise_step", "vae_decoder", "scorer")
 PRECISIONS = ("fp32", "fp16")
-
+BATCH_AXIS = "B"
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_BATCH = 1024
+MAX_LATENT_VALUES = 1 << 22  # per image: the fixed noise and each latent buffer (16 MiB of float32)
+MAX_HINT_VALUES = 1 << 24
 
 def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in chunks."""
@@ -74,33 +80,59 @@ class Manifest:
     # -------------------------------------------------------------------------------------------- reading
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Manifest:
-        """Read ``root/manifest.json``, check its format and that every component file exists (and, with
-        ``verify``, that its size and SHA-256 match). Errors name the file and what was expected."""
+        """Read ``root/manifest.json`` and validate it (:data:`SCHEMA`, the tensors each component must have,
+        the DDIM plan, the thresholds) and every file it lists: inside the folder and present, and with ``verify``
+        of the listed size and SHA-256. All of it before any graph is opened; errors name the file and what was
+        expected."""
         root = Path(root)
         path = root / MANIFEST
         if not root.is_dir():
             raise ModelFolderError(f"{root}: model folder not found (build one with `python -m export`)")
         if not path.is_file():
             raise ModelFolderError(f"{path}: missing; a model folder holds manifest.json and the ONNX graphs")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"{path}: not valid JSON ({exc})") from None
+        data = _read_json(path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelFolderError(f"{path}: not a diad-edge manifest (expected \"format\": \"{FORMAT}\")")
         if data.get("version") != FORMAT_VERSION:
-            raise ModelFolderError(f"{path}: manifest version {data.get('version')}, this runtime reads {FORMAT_VERSION}")
-        missing = [k for k in ("image_size", "precision", "schedule", "noise", "components") if k not in data]
-        if missing:
-            raise ModelFolderError(f"{path}: missing keys {missing}")
+            raise ModelFolderError(f"{path}: manifest version {shown(data.get('version'))}, this runtime reads "
+                                   f"{FORMAT_VERSION}")
         manifest = cls(root, data)
+        manifest.validate()
+        for entry in manifest.files():
+            manifest.file_path(entry)
         for name in COMPONENTS:
             manifest.check_file(manifest.component(name), verify)
         return manifest
 
+    def validate(self) -> None:
+        """Raise :class:`ModelFolderError` unless ``data`` fits :data:`SCHEMA` and is consistent."""
+        try:
+            SCHEMA(self.data, "")
+            _check_consistency(self.data)
+        except SchemaError as exc:
+            raise ModelFolderError(f"{self.root / MANIFEST}: {exc}") from None
+        _check_plan(self)
+
+    def files(self) -> list[dict[str, Any]]:
+        """Every file entry: the components', their external data's and the engines'."""
+        entries = [self.component(name) for name in COMPONENTS] + list(self.engines.values())
+        return entries + [extra for entry in entries for extra in entry.get("external_data", [])]
+
+    def file_path(self, entry: dict[str, Any]) -> Path:
+        """The path of a listed file; :class:`ModelFolderError` when it leads out of the model folder."""
+        path = self.root / entry["file"]
+        try:
+            target, inside = path.resolve(), self.root.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise ModelFolderError(f"{path}: listed in {self.root / MANIFEST} but cannot be resolved ({exc})") from None
+        if not target.is_relative_to(inside):
+            raise ModelFolderError(f"{path}: listed in {self.root / MANIFEST} but leads out of the model folder "
+                                   f"(to {target}); every file must lie inside it")
+        return path
+
     def check_file(self, entry: dict[str, Any], verify: bool = True) -> Path:
         """The path of a listed file; raise if it is missing or (``verify``) its size or hash differ."""
-        path = self.root / entry["file"]
+        path = self.file_path(entry)
         if not path.is_file():
             raise ModelFolderError(f"{path}: listed in {self.root / MANIFEST} but missing")
         for extra in entry.get("external_data", []):
@@ -121,7 +153,7 @@ class Manifest:
 
     def path(self, name: str) -> Path:
         """The ONNX file of component ``name``."""
-        return self.root / self.component(name)["file"]
+        return self.file_path(self.component(name))
 
     # ------------------------------------------------------------------------------------------ accessors
     @property
@@ -133,12 +165,16 @@ class Manifest:
         return tuple(self.data["latent_shape"])
 
     @property
+    def hint_shape(self) -> tuple[int, int, int]:
+        return tuple(self.data["hint_shape"])
+
+    @property
     def precision(self) -> str:
         return self.data["precision"]
 
     @property
     def max_batch(self) -> int:
-        return int(self.data.get("max_batch", 8))
+        return int(self.data["max_batch"])
 
     @property
     def noise_seed(self) -> int:
@@ -166,10 +202,12 @@ class Manifest:
 
     # -------------------------------------------------------------------------------------------- writing
     def save(self) -> None:
-        """Write ``manifest.json`` atomically (a crash never leaves half a manifest)."""
+        """Validate and write ``manifest.json`` atomically (a crash never leaves half a manifest)."""
+        text = json.dumps(self.data, indent=2, default=_json_default) + "\n"
+        Manifest(self.root, json.loads(text)).validate()
         path = self.root / MANIFEST
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
@@ -177,14 +215,143 @@ class Manifest:
         self.save()
 
 
-def check_plan(manifest: Manifest) -> None:
+def expected_tensors(image_size: int, latent_shape: list[int], hint_shape: list[int]) -> dict[str, dict]:
+    """Per component, the ``inputs`` and ``outputs`` (name -> shape, batch axis ``"B"``) the runtime binds."""
+    image, vector = [BATCH_AXIS, 3, image_size, image_size], [BATCH_AXIS]
+    latent, hint = [BATCH_AXIS, *latent_shape], [BATCH_AXIS, *hint_shape]
+    return {
+        "vae_encoder": {"inputs": {"image": image}, "outputs": {"latent": latent}},
+        "hint_encoder": {"inputs": {"image": image}, "outputs": {"hint": hint}},
+        "denoise_step": {
+            "inputs": {"x_t": latent, "hint": hint, "timestep": vector, "alpha_t": vector, "alpha_prev": vector},
+            "outputs": {"x_prev": latent},
+        },
+        "vae_decoder": {"inputs": {"latent": latent}, "outputs": {"image": image}},
+        "scorer": {
+            "inputs": {"image": image, "reconstruction": image},
+            "outputs": {"anomaly_map": [BATCH_AXIS, image_size, image_size], "score": vector},
+        },
+    }
+
+
+def _check_plan(manifest: Manifest) -> None:
     """The manifest's DDIM numbers must be the ones this runtime's schedule computes."""
-    plan, recorded = manifest.plan(), manifest.data["schedule"]
-    if list(plan.timesteps) != list(recorded["timesteps"]) or not np.allclose(plan.alphas, recorded["alphas"]):
+    recorded = manifest.data["schedule"]
+    try:
+        plan = manifest.plan()
+    except ValueError as exc:
+        raise ModelFolderError(f"{manifest.root / MANIFEST}: schedule: {exc}") from None
+    same = list(plan.timesteps) == recorded["timesteps"] and all(
+        len(recorded[key]) == len(values) and np.allclose(values, recorded[key])
+        for key, values in (("alphas", plan.alphas), ("alphas_prev", plan.alphas_prev))
+    ) and np.isclose(recorded.get("start_alpha", plan.start_alpha), plan.start_alpha)
+    if not same:
         raise ModelFolderError(
             f"{manifest.root / MANIFEST}: DDIM timesteps/alphas differ from runtime.schedule's "
-            f"(recorded {recorded['timesteps']}, computed {plan.timesteps.tolist()})"
+            f"(recorded {shown(recorded['timesteps'])}, computed {plan.timesteps.tolist()})"
         )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelFolderError(f"{path}: {size} bytes, a manifest holds at most {MAX_MANIFEST_BYTES}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelFolderError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _check_consistency(data: dict[str, Any]) -> None:
+    """What :data:`SCHEMA` cannot say alone: tensor shapes agree across keys and thresholds normalise."""
+    for key, limit in (("latent_shape", MAX_LATENT_VALUES), ("hint_shape", MAX_HINT_VALUES)):
+        if math.prod(data[key]) > limit:
+            raise SchemaError(f"{key}: {data[key]} holds more than {limit} values per image")
+    if "shape" in data["noise"] and data["noise"]["shape"] != data["latent_shape"]:
+        raise SchemaError(f"noise.shape: expected latent_shape {data['latent_shape']}, got {data['noise']['shape']}")
+    expected = expected_tensors(data["image_size"], data["latent_shape"], data["hint_shape"])
+    for name, io in expected.items():
+        for kind, tensors in io.items():
+            found = data["components"][name][kind]
+            if found != tensors:
+                raise SchemaError(f"components.{name}.{kind}: expected {shown(tensors, 200)}, got {shown(found, 200)}")
+    schedule = data["schedule"]
+    if not len(schedule["timesteps"]) == len(schedule["alphas"]) == len(schedule["alphas_prev"]):
+        raise SchemaError("schedule: timesteps, alphas and alphas_prev must have one value per DDIM step")
+    thresholds = data.get("thresholds") or {}
+    for kind in ("image", "pixel"):
+        if thresholds.get(kind) is None:
+            continue
+        low, high = thresholds.get(f"{kind}_min"), thresholds.get(f"{kind}_max")
+        if low is None or high is None or not low < high:
+            raise SchemaError(
+                f"thresholds: {kind}_min {shown(low)} and {kind}_max {shown(high)} give no normalisation span "
+                "(pred_score would be only 0 or 1); recalibrate with python -m runtime.calibrate"
+            )
+
+
+def _file_name(value: Any, where: str) -> None:
+    """A file inside the model folder: a relative path without ``..``, backslashes or NUL."""
+    string(max_length=255)(value, where)
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise SchemaError(f"{where}: {shown(value)} is not a file name inside the model folder (expected a relative "
+                          "path without '..', e.g. \"scorer.onnx\")")
+
+
+_FILE = {"file": _file_name, "bytes": integer(0, 1 << 50), "sha256": string(pattern="[0-9a-f]{64}")}
+_DIMENSION = either(string([BATCH_AXIS]), integer(1, 1 << 16), expected=f'"{BATCH_AXIS}" or an integer in [1, 65536]')
+_TENSORS = mapping(array(_DIMENSION, 1, 8), max_length=16)
+_SHAPE = array(integer(1, 4096), 3, 3)
+_ALPHAS = array(number(0, 1), 1, NUM_TRAIN_TIMESTEPS)
+_COMPONENT = obj({**_FILE, "inputs": _TENSORS, "outputs": _TENSORS}, {"external_data": array(obj(_FILE), 0, 1024)})
+_ENGINE = obj(
+    {**_FILE, "tensorrt": string(max_length=64), "compute_capability": string(pattern=r"\d{1,3}\.\d{1,3}")},
+    {"profile": mapping(obj({k: array(integer(1, 1 << 16), 1, 8) for k in ("min", "opt", "max")}), max_length=16),
+     "optimization_level": integer(0, 5)},
+)
+_THRESHOLDS = obj({}, {
+    **{name: nullable(number()) for name in ("image", "pixel", "image_min", "image_max", "pixel_min", "pixel_max")},
+    "method": nullable(string(max_length=64)),
+    "details": mapping(anything),
+})
+SCHEMA = obj(
+    {
+        "format": string([FORMAT]),
+        "version": integer(FORMAT_VERSION, FORMAT_VERSION),
+        "image_size": integer(8, 4096),
+        "latent_shape": _SHAPE,
+        "hint_shape": _SHAPE,
+        "precision": string(PRECISIONS),
+        "max_batch": integer(1, MAX_BATCH),
+        "schedule": obj(
+            {"start_t": integer(1, NUM_TRAIN_TIMESTEPS - 1),
+             "timesteps": array(integer(0, NUM_TRAIN_TIMESTEPS - 1), 1, NUM_TRAIN_TIMESTEPS),
+             "alphas": _ALPHAS, "alphas_prev": _ALPHAS},
+            {"start_alpha": number(0, 1), "beta_schedule": string(["scaled_linear"]), "beta_start": number(0, 1),
+             "beta_end": number(0, 1), "num_train_timesteps": integer(NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS),
+             "eta": number(0, 0)},
+        ),
+        "noise": obj({"policy": string(["fixed"]), "seed": integer(0, 2**63 - 1)},
+                     {"generator": string(), "shape": _SHAPE}),
+        "components": obj({name: _COMPONENT for name in COMPONENTS}),
+    },
+    {
+        "created": string(max_length=64),
+        "source": string(),
+        "preset": string(max_length=64),
+        "injection": string(max_length=64),
+        "normalization": obj({"mean": array(number(0, 1), 3, 3), "std": array(number(1e-6, 10), 3, 3),
+                              "resize": string(max_length=64)}),
+        "opset": integer(1, 1000),
+        "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
+                       "weights": nullable(string())}),
+        "engines": obj({}, {name: _ENGINE for name in COMPONENTS}),
+        "thresholds": _THRESHOLDS,
+        "versions": mapping(string(max_length=256), max_length=256),
+    },
+)
+"""The manifest's schema: types, ranges, required keys; an unknown key is an error that names it."""
 
 
 def _json_default(value: Any) -> Any:

@@ -7,47 +7,106 @@ the same filter support, the same fixed-point coefficients and the same horizont
 """
 from __future__ import annotations
 
+import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from runtime.errors import ImageReadError
+from runtime.errors import FrameError, ImageReadError, LimitError
+from runtime.image_header import read_header
+from runtime.limits import Limits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 256
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
+BUFFER_BYTES_PER_PIXEL = 6  # a decoder's own buffer (a TIFF strip or tile) may hold 16-bit RGB of the largest frame
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``; raise :class:`ImageReadError` naming the file."""
-    data = _read_bytes(path)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageReadError(f"{path}: not a decodable image (expected PNG, JPEG, BMP or TIFF)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def read_image(path: str | Path, limits: Limits | None = None) -> np.ndarray:
+    """Read an image file as RGB uint8 ``(H, W, 3)`` within ``limits`` (default :class:`Limits`); raise
+    :class:`ImageReadError` or :class:`LimitError` naming the file."""
+    return decode_image(read_file(path, limits), str(path), limits)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, limits: Limits | None = None) -> np.ndarray:
     """Read a ground-truth mask as uint8 ``(H, W)``; any non-zero pixel is a defect."""
-    data = _read_bytes(path)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ImageReadError(f"{path}: not a decodable mask image (expected a single-channel PNG)")
-    return mask
+    return decode_image(read_file(path, limits), str(path), limits, cv2.IMREAD_GRAYSCALE)
 
 
-def _read_bytes(path: str | Path) -> np.ndarray:
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+def read_file(path: str | Path, limits: Limits | None = None) -> np.ndarray:
+    """The bytes of a regular file no larger than ``limits.max_file_bytes``, checked before reading."""
+    limits = limits or Limits()
+    try:  # non-blocking: a pipe named .png must not hang the caller; regular files ignore the flag
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageReadError(f"{path}: not a regular file (a folder, device, pipe or socket)")
+            if info.st_size == 0:
+                raise ImageReadError(f"{path}: empty file (expected an image)")
+            limits.check_file(info.st_size, str(path))
+            data = np.empty(info.st_size, np.uint8)
+            view, got = memoryview(data), 0
+            while got < info.st_size and (n := f.readinto(view[got:])):
+                got += n
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if data.size == 0:
-        raise ImageReadError(f"{path}: empty file (expected an image)")
-    return data
+    return data[:got]
+
+
+def decode_image(
+    data: np.ndarray, what: str, limits: Limits | None = None, flags: int = cv2.IMREAD_COLOR
+) -> np.ndarray:
+    """Decode an encoded PNG, JPEG, BMP, TIFF or WebP (uint8 bytes) as RGB ``(H, W, 3)``, or grayscale ``(H, W)``
+    with ``flags=cv2.IMREAD_GRAYSCALE``. The size in the header is checked against ``limits`` before decoding."""
+    limits = limits or Limits()
+    header = read_header(data, what)
+    limits.check_frame(header.width, header.height, what)
+    if header.buffer_bytes > BUFFER_BYTES_PER_PIXEL * limits.max_pixels:
+        raise LimitError(
+            f"{what}: a {header.format} strip or tile needs {header.buffer_bytes / 1e6:.0f} MB to decode, over "
+            f"{BUFFER_BYTES_PER_PIXEL} bytes per allowed pixel (raise it with --max-pixels or Limits(max_pixels=...))"
+        )
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise ImageReadError(f"{what}: corrupt {header.format} data ({_first_line(exc)})") from None
+    if image is None or image.size == 0:
+        raise ImageReadError(f"{what}: not a decodable image (corrupt or cut {header.format} data)")
+    if sorted(image.shape[:2]) != sorted((header.height, header.width)):  # decoders must honour their header
+        raise ImageReadError(f"{what}: decoded to {image.shape[1]} x {image.shape[0]}, the header says "
+                             f"{header.width} x {header.height}")
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+def check_rgb(image: object, what: str, limits: Limits | None = None) -> np.ndarray:
+    """``image`` if it is an RGB uint8 array ``(H, W, 3)`` within ``limits``; else :class:`FrameError` (or
+    :class:`LimitError`) naming ``what`` and saying what was expected."""
+    expected = "expected an RGB uint8 array of shape (H, W, 3)"
+    if not isinstance(image, np.ndarray):
+        hint = "; read image files with runtime.preprocess.read_image" if isinstance(image, (str, Path)) else ""
+        raise FrameError(f"{what}: {expected}, got {type(image).__name__}{hint}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 4)):
+        hint = "RGBA: drop the alpha with image[..., :3]" if image.shape[-1] == 4 and image.ndim == 3 else \
+            "grayscale: convert with cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+        raise FrameError(f"{what}: {expected}, got shape {image.shape} ({hint})")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise FrameError(f"{what}: {expected}, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise FrameError(f"{what}: {expected}, got dtype {image.dtype} (scale it to 0..255 and cast to uint8)")
+    if image.size == 0:
+        raise FrameError(f"{what}: {expected}, got an empty image of shape {image.shape}")
+    (limits or Limits()).check_frame(image.shape[1], image.shape[0], what)
+    return image
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 @lru_cache(maxsize=64)

@@ -25,7 +25,8 @@ _DIGITS = 6  # significant digits of floats in JSON lines
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON-ready Python: numpy types converted, floats rounded, non-finite floats as None."""
+    """``value`` as JSON-ready Python: numpy types converted, floats rounded, non-finite floats as None, strings
+    valid UTF-8 (undecodable bytes of file names as ``\\xff``)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -36,9 +37,17 @@ def _plain(value: Any) -> Any:
         return int(value)
     if isinstance(value, (float, np.floating)):
         return float(f"{value:.{_DIGITS}g}") if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (str, Path)):
+        return _utf8(str(value))
     return value
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a file name's undecodable bytes (surrogate escapes) become ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name gives
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class JsonlSink:

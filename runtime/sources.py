@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from runtime.errors import ImageReadError, SourceError
+from runtime.errors import DiadError, FrameError, SourceError
+from runtime.limits import Limits
 from runtime.preprocess import read_image
 from runtime.synthetic import GOOD, conveyor
 
@@ -72,13 +73,15 @@ class Source:
 
     Subclasses implement :meth:`_frames` and build frames with :meth:`_make`. Throttling sleeps before reading
     a finite source; a live source keeps reading and discards (counts in ``skipped``) frames that come early.
+    A frame that cannot be read, or is over ``limits``, becomes an error frame; the source goes on.
     """
 
     live = False
 
-    def __init__(self, name: str, max_fps: float | None = None) -> None:
+    def __init__(self, name: str, max_fps: float | None = None, limits: Limits | None = None) -> None:
         self.name = name
         self.max_fps = max_fps
+        self.limits = limits or Limits()
         self.skipped = 0
         self._count = 0
         self._stop = threading.Event()
@@ -93,10 +96,17 @@ class Source:
         return frame
 
     def _from_bgr(self, bgr: np.ndarray | None) -> Frame:
-        """A frame from a decoded BGR picture; an empty one becomes an error frame."""
+        """A frame from a captured BGR (BGRA, grayscale) picture; an empty, odd or too large one becomes an error
+        frame."""
+        what = f"{self.name}: frame {self._count}"
         if bgr is None or bgr.size == 0:
-            return self._make(error=f"{self.name}: frame {self._count} decoded to an empty image")
-        return self._make(image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            return self._make(error=f"{what} decoded to an empty image")
+        try:
+            return self._make(image=_to_rgb(bgr, what, self.limits))
+        except DiadError as exc:
+            return self._make(error=str(exc))
+        except Exception as exc:  # noqa: BLE001 (one odd frame must not end the source)
+            return self._make(error=f"{what}: cannot convert ({type(exc).__name__}: {exc})")
 
     def _throttled(self) -> Iterator[Frame]:
         interval = 1.0 / self.max_fps if self.max_fps else 0.0
@@ -157,10 +167,12 @@ class SyntheticSource(Source):
 
 
 class ImageFiles(Source):
-    """Image files in order; an undecodable file gives an error frame. Files under a ``good`` folder get label 0."""
+    """Image files in order; a file that cannot be read or decoded, or is over ``limits``, gives an error frame.
+    Files under a ``good`` folder get label 0."""
 
-    def __init__(self, files: list[Path], name: str, loop: bool = False, max_fps: float | None = None):
-        super().__init__(name, max_fps)
+    def __init__(self, files: list[Path], name: str, loop: bool = False, max_fps: float | None = None,
+                 limits: Limits | None = None):
+        super().__init__(name, max_fps, limits)
         self.files, self.loop = files, loop
 
     def _frames(self) -> Iterator[Frame]:
@@ -168,9 +180,15 @@ class ImageFiles(Source):
             for path in self.files:
                 label = 0 if "good" in path.parent.parts else None
                 try:
-                    yield self._make(image=read_image(path), label=label, name=path.name)
-                except ImageReadError as exc:
+                    image = read_image(path, self.limits)
+                except DiadError as exc:
                     yield self._make(error=str(exc), label=label, name=path.name)
+                except Exception as exc:  # noqa: BLE001 (one bad file must not end the source)
+                    yield self._make(error=f"{path}: cannot decode ({type(exc).__name__}: {exc})", label=label,
+                                     name=path.name)
+                else:
+                    yield self._make(image=image, label=label, name=path.name)
+                    del image  # the consumer alone holds the pixels now, and frees them with the frame
             if not self.loop:
                 return
 
@@ -189,8 +207,8 @@ class VideoFile(_CaptureSource):
     """A video file, BGR decoded to RGB; the end of the file ends the source, or rewinds it with ``loop``."""
 
     def __init__(self, path: str, loop: bool = False, max_fps: float | None = None,
-                 capture_factory: CaptureFactory = cv2.VideoCapture):
-        super().__init__(path, max_fps)
+                 capture_factory: CaptureFactory = cv2.VideoCapture, limits: Limits | None = None):
+        super().__init__(path, max_fps, limits)
         self.loop, self._open = loop, lambda: capture_factory(path)
         self._capture = self._open()
         if not self._capture.isOpened():
@@ -224,8 +242,8 @@ class LiveCapture(_CaptureSource):
 
     def __init__(self, target: int | str, name: str, *, reconnect: bool = True, max_reconnects: int | None = None,
                  backoff: tuple[float, float] = (0.5, 8.0), max_fps: float | None = None,
-                 capture_factory: CaptureFactory = cv2.VideoCapture):
-        super().__init__(name, max_fps)
+                 capture_factory: CaptureFactory = cv2.VideoCapture, limits: Limits | None = None):
+        super().__init__(name, max_fps, limits)
         self.reconnect, self.max_reconnects, self.backoff = reconnect, max_reconnects, backoff
         self._open = lambda: capture_factory(target)
         self._capture = self._open()
@@ -260,6 +278,18 @@ class LiveCapture(_CaptureSource):
             self._capture.release()
 
 
+def _to_rgb(picture: np.ndarray, what: str, limits: Limits) -> np.ndarray:
+    """A captured 8-bit BGR, BGRA or grayscale picture within ``limits`` as RGB."""
+    if picture.dtype != np.uint8:
+        raise FrameError(f"{what}: {picture.dtype} pixels, expected 8-bit frames from the capture")
+    channels = 1 if picture.ndim == 2 else picture.shape[2] if picture.ndim == 3 else 0
+    codes = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    if channels not in codes:
+        raise FrameError(f"{what}: captured shape {picture.shape}, expected (H, W), (H, W, 3) or (H, W, 4)")
+    limits.check_frame(picture.shape[1], picture.shape[0], what)
+    return cv2.cvtColor(picture, codes[channels])
+
+
 def _printable_url(url: str) -> str:
     """The URL without its password."""
     parts = urlsplit(url)
@@ -282,15 +312,17 @@ def open_source(
     backoff: tuple[float, float] = (0.5, 8.0),
     max_fps: float | None = None,
     capture_factory: CaptureFactory = cv2.VideoCapture,
+    limits: Limits | None = None,
 ) -> Source:
     """The source named by ``spec``: a camera index, ``synthetic``, a URL, a folder, a file or a glob pattern.
 
     ``loop`` replays folders and video files; ``size``, ``seed`` and ``defect_rate`` shape the synthetic
-    conveyor; ``reconnect``, ``max_reconnects`` and ``backoff`` apply to cameras and URLs. Raises
-    :class:`SourceError` naming ``spec`` when it is none of the accepted kinds or cannot be opened.
+    conveyor; ``reconnect``, ``max_reconnects`` and ``backoff`` apply to cameras and URLs; ``limits`` to image
+    files and captured frames. Raises :class:`SourceError` naming ``spec`` when it is none of the accepted kinds
+    or cannot be opened.
     """
     live = {"reconnect": reconnect, "max_reconnects": max_reconnects, "backoff": backoff, "max_fps": max_fps,
-            "capture_factory": capture_factory}
+            "capture_factory": capture_factory, "limits": limits}
     path = Path(spec)
     if spec.strip().isdigit():
         return LiveCapture(int(spec), f"camera:{int(spec)}", **live)
@@ -302,22 +334,30 @@ def open_source(
         files = image_files(path)
         if not files:
             raise SourceError(f"{spec}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
-        return ImageFiles(files, spec, loop, max_fps)
+        return ImageFiles(files, spec, loop, max_fps, limits)
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return ImageFiles([path], spec, loop, max_fps)
-        return VideoFile(spec, loop, max_fps, capture_factory)
+            return ImageFiles([path], spec, loop, max_fps, limits)
+        return VideoFile(spec, loop, max_fps, capture_factory, limits)
     if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if not _is_dir(Path(p)))
         if not files:
             raise SourceError(f"{spec}: glob pattern matches no files")
-        return ImageFiles(files, spec, loop, max_fps)
+        return ImageFiles(files, spec, loop, max_fps, limits)
     raise SourceError(f"{spec}: no such file, folder or source; expected {ACCEPTED}")
 
 
 def is_image_file(path: Path) -> bool:
-    """A visible file with an image extension (:data:`IMAGE_EXTENSIONS`, any case)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A visible entry with an image extension (:data:`IMAGE_EXTENSIONS`, any case) that is no folder. Links,
+    devices and pipes with such a name count: reading them gives an error, not a silent skip."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and not _is_dir(path)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # unreadable: let reading it say so
+        return False
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -6,8 +6,11 @@
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
 drops stale frames (counted) instead of falling behind, and a lost stream reconnects with backoff. Files, folders
-and the synthetic feed are scored frame by frame. A frame that cannot be decoded gives an error record and the
-stream goes on. SIGINT / SIGTERM finish the frame in flight, close the outputs and print the summary (status 0).
+and the synthetic feed are scored frame by frame (or ``--batch`` at a time). Every frame gives one record: a verdict,
+or an error when it cannot be read or decoded, is over a limit (``--max-pixels``, ``--max-side``, ``--max-file-mb``)
+or fails pre-processing, and the stream goes on. Only the model or an output failing, or a live source lost for
+good, stops it early (status 1, with the summary). SIGINT / SIGTERM finish the frames in flight, close the outputs
+and print the summary (status 0).
 
 A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
 ``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
@@ -34,7 +37,8 @@ import numpy as np
 
 from runtime.cli import run_cli
 from runtime.detector import BACKENDS, Detector, Prediction
-from runtime.errors import ModelFolderError, SourceError
+from runtime.errors import DiadError, ModelFolderError
+from runtime.limits import Limits
 from runtime.metrics import auroc
 from runtime.sinks import (
     OTHER_COLOUR,
@@ -59,6 +63,7 @@ DISPLAY = (512, 960)  # annotated frames: the longer side is scaled into this ra
 VIDEO_FPS = 10.0  # frame rate of a saved video without --max-fps
 TIME_FORMATS = ("iso", "epoch_ms")  # JSON sinks keep 6 significant digits of floats, so epoch time is integer ms
 STOP_POLL_S = 0.1
+FAILURES = ("source lost", "model failed", "output failed")  # stop reasons that make the command exit 1
 
 
 class RecordSink(Protocol):
@@ -86,10 +91,11 @@ def open_detector(
     device: str | None = None,
     steps: int | None = None,
     start_t: int | None = None,
+    limits: Limits | None = None,
 ) -> Detector:
     """The :class:`Detector` of ``model`` (see :func:`require_model_folder`)."""
     require_model_folder(model)
-    detector = Detector(model, backend, device, steps, start_t)
+    detector = Detector(model, backend, device, steps, start_t, limits=limits)
     if not detector.thresholds.calibrated:
         log.warning("%s has no thresholds: label and pred_score are null (calibrate with runtime.calibrate)", model)
     return detector
@@ -205,33 +211,107 @@ def _relay_stop(stop_event: threading.Event, source: Source, finished: threading
             return
 
 
+@dataclass
+class _Item:
+    """A frame taken from the source, pre-processed at once (``tensor``, and ``seconds`` it took) or failed
+    (``frame.error``); its pixels are dropped, or kept at display size for the frame sinks."""
+
+    frame: Frame
+    tensor: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def _take(detector: Detector, frame: Frame, keep_picture: bool) -> _Item:
+    """Pre-process ``frame``: whatever goes wrong becomes the frame's error."""
+    item = _Item(frame)
+    if frame.error is None and frame.image is None:
+        frame.error = "the source gave no image"
+    if frame.error is None:
+        start = time.perf_counter()
+        try:
+            item.tensor = detector.prepare(frame.image, f"{frame.source}: frame {frame.index}")
+            frame.image = display_size(frame.image) if keep_picture else None
+        except DiadError as exc:
+            frame.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 (the per-frame contract: one frame's failure is its error record)
+            frame.error = f"{frame.source}: frame {frame.index}: pre-processing failed ({type(exc).__name__}: {exc})"
+        item.seconds = time.perf_counter() - start
+    if frame.error is not None:
+        item.tensor, frame.image = None, None
+    return item
+
+
+def _picture(frame: Frame, prediction: Prediction | None) -> np.ndarray:
+    """The annotated frame, or an error card for an error frame or a frame that cannot be annotated."""
+    if prediction is None:
+        return error_card(frame)
+    try:
+        return annotated(frame.image, prediction)
+    except Exception as exc:  # noqa: BLE001 (the verdict stands; only the picture is lost)
+        log.warning("frame %d: cannot annotate (%s: %s); an error card stands in", frame.index, type(exc).__name__, exc)
+        return error_card(frame)
+
+
+class _Run:
+    """One stream's outputs and counts: batches of :class:`_Item` in, one record per frame out."""
+
+    def __init__(self, detector: Detector, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink],
+                 time_format: str) -> None:
+        self.detector, self.records, self.frame_sinks, self.time_format = detector, records, frame_sinks, time_format
+        self.stats, self.truth = LatencyStats(), _Truth()
+
+    def flush(self, items: Sequence[_Item]) -> str | None:
+        """Score ``items`` (the readable ones in one batch) and write a record per frame, in order. Returns why
+        the stream must stop: ``viewer quit``, ``model failed: ...`` (the batch's frames got error records) or
+        ``output failed: ...``; None to go on. A frame's latency: its batch's pre-processing and the time from
+        the batch's start to its record."""
+        start = time.perf_counter()
+        ready = [item for item in items if item.tensor is not None]
+        prepared = sum(item.seconds for item in ready)
+        predictions: dict[int, Prediction] = {}
+        failure = None
+        if ready:
+            try:
+                scored = self.detector.score(np.stack([item.tensor for item in ready]), prepared)
+                predictions = dict(zip(map(id, ready), scored))
+            except Exception as exc:  # noqa: BLE001 (a failure of the model itself stops the run, with a summary)
+                failure = f"model failed: {type(exc).__name__}: {exc}"
+                log.error("%s", failure)
+                for item in ready:
+                    item.frame.error = failure
+        quit_ = False
+        for item in items:
+            frame, prediction = item.frame, predictions.get(id(item))
+            if prediction is None:
+                record, latency = error_record(frame, self.time_format), None
+            else:
+                latency = prepared + time.perf_counter() - start
+                record = prediction_record(frame, prediction, latency, self.time_format)
+            try:
+                if self.frame_sinks:
+                    quit_ = _write_frames(self.frame_sinks, _picture(frame, prediction)) or quit_
+                for sink in self.records:
+                    sink.write(record)
+            except BrokenPipeError:
+                raise  # the reader of standard output is gone (`| head`): nothing is left to report to
+            except Exception as exc:  # noqa: BLE001 (a failure of the output stops the run, with a summary)
+                log.error("output failed: %s: %s", type(exc).__name__, exc)
+                return f"output failed: {type(exc).__name__}: {exc}"
+            if latency is None:
+                log.warning("frame %d: %s", frame.index, record["error"])
+                self.stats.add_error()
+            else:
+                self.stats.add(latency)
+                self.truth.add(frame, prediction)
+        return failure or ("viewer quit" if quit_ else None)
+
+
 def _write_frames(frame_sinks: Sequence[FrameSink], image: np.ndarray) -> bool:
     """Write ``image`` to every frame sink; True when one of them (a window) asks to quit."""
     quit_ = False
     for sink in frame_sinks:
         quit_ = sink.write(image) or quit_
     return quit_
-
-
-def _score(detector: Detector, batch: Sequence[Frame], frame_sinks: Sequence[FrameSink], time_format: str,
-           truth: _Truth) -> list[tuple[dict, float | None, bool]]:
-    """Frames through the detector (readable ones in one batch) and the frame sinks, in order: per frame
-    (record, latency or None for an error, quit?). A frame's latency is its batch's wall time."""
-    start = time.perf_counter()
-    readable = [f for f in batch if f.error is None and f.image is not None]
-    predictions = dict(zip(map(id, readable), detector.predict([f.image for f in readable]) if readable else []))
-    results = []
-    for frame in batch:
-        prediction = predictions.get(id(frame))
-        if prediction is None:
-            quit_ = bool(frame_sinks) and _write_frames(frame_sinks, error_card(frame))
-            results.append((error_record(frame, time_format), None, quit_))
-            continue
-        quit_ = bool(frame_sinks) and _write_frames(frame_sinks, annotated(frame.image, prediction))
-        truth.add(frame, prediction)
-        total = time.perf_counter() - start
-        results.append((prediction_record(frame, prediction, total, time_format), total, quit_))
-    return results
 
 
 def stream(
@@ -251,11 +331,15 @@ def stream(
     ``batch`` > 1 scores a finite source's frames in batches (more throughput, each frame waits for its batch);
     a live source is always scored frame by frame, newest first.
 
+    Every frame taken gives one record: a verdict, or an error (unreadable, over a limit, failed pre-processing)
+    and the stream goes on. Only the model failing (``stop_reason`` ``model failed: ...``), an output failing
+    (``output failed: ...``) or the source failing for good (``source lost: ...``) stop it early.
+
     Returns the summary: :meth:`LatencyStats.summary`'s fields (``frames`` = records written, ``dropped`` = live
     frames replaced by newer ones or left unread at the end) plus ``source``, ``stop_reason``, ``skipped`` (live
     frames discarded by ``max_fps``), ``calibrated``, ``labelled``, ``image_auroc`` and ``accuracy``.
     """
-    stats, truth = LatencyStats(), _Truth()
+    run = _Run(detector, records, frame_sinks, time_format)
     reader = LatestFrameReader(source) if source.live else None
     frames_in: Iterator[Frame] = reader if reader is not None else source
     finished = threading.Event()
@@ -272,27 +356,18 @@ def stream(
                 stop = "stop requested"
             else:
                 try:
-                    pending.append(next(frames_in))
+                    pending.append(_take(detector, next(frames_in), bool(frame_sinks)))
                 except StopIteration:
                     stop = "stop requested" if stop_event is not None and stop_event.is_set() else reason
-                except SourceError as exc:
+                except Exception as exc:  # noqa: BLE001 (SourceError, or a source that broke: it cannot go on)
                     log.error("%s", exc)
                     stop = f"source lost: {exc}"
             if pending and (stop is not None or len(pending) == size):
                 taken += len(pending)
-                quit_ = False
-                for record, latency, frame_quit in _score(detector, pending, frame_sinks, time_format, truth):
-                    if latency is None:
-                        log.warning("frame %d: %s", record["frame"], record["error"])
-                        stats.add_error()
-                    else:
-                        stats.add(latency)
-                    for sink in records:
-                        sink.write(record)
-                    quit_ = quit_ or frame_quit
+                failed = run.flush(pending)
                 pending = []
-                if quit_:
-                    reason = "viewer quit"
+                if failed is not None:
+                    reason = failed
                     break
             if stop is not None:
                 reason = stop
@@ -301,11 +376,11 @@ def stream(
         finished.set()
         if reader is not None:
             reader.close()
-            stats.dropped = reader.received - taken
+            run.stats.dropped = reader.received - taken
         else:
             source.close()
-    return {"source": source.name, "stop_reason": reason, **stats.summary(), "skipped": source.skipped,
-            "calibrated": detector.thresholds.calibrated, "model": model_summary(detector), **truth.summary()}
+    return {"source": source.name, "stop_reason": reason, **run.stats.summary(), "skipped": source.skipped,
+            "calibrated": detector.thresholds.calibrated, "model": model_summary(detector), **run.truth.summary()}
 
 
 def model_summary(detector: Detector) -> dict:
@@ -380,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="record time as ISO 8601 UTC (default) or integer milliseconds since the epoch")
     parser.add_argument("--save", help="annotated frames to a video (.mp4, .avi, .mkv, .mov) or a PNG folder")
     parser.add_argument("--show", action="store_true", help="show annotated frames in a window (q or Esc quits)")
+    Limits.add_arguments(parser)
     return parser
 
 
@@ -413,12 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     with stop_on_signals(stop) as received:
         require_model_folder(args.model)  # before a camera is opened
+        limits = Limits.from_args(args)
         source = open_source(args.source, loop=args.loop, seed=args.seed, defect_rate=args.defect_rate,
-                             max_fps=args.max_fps)
+                             max_fps=args.max_fps, limits=limits)
         with ExitStack() as stack:
             try:
                 detector = stack.enter_context(open_detector(args.model, args.backend, args.device, args.steps,
-                                                             args.start_t))
+                                                             args.start_t, limits))
                 records, frame_sinks = _open_sinks(args, stack)
             except BaseException:
                 source.close()
@@ -428,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if received:
         log.info("stopped by %s after the frame in flight", received[0])
     print(f"summary: {summary_text(summary)}", file=sys.stderr)
-    return 1 if summary["stop_reason"].startswith("source lost") else 0
+    return 1 if summary["stop_reason"].startswith(FAILURES) else 0
 
 
 if __name__ == "__main__":

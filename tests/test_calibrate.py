@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.model_folder import make_folder
 
 from runtime import Detector, metrics
 from runtime.calibrate import (
@@ -26,7 +27,7 @@ from runtime.calibrate import (
     rejects,
 )
 from runtime.cli import run_cli
-from runtime.errors import DatasetLayoutError
+from runtime.errors import CalibrationError, DatasetLayoutError
 from runtime.manifest import MANIFEST, Manifest
 from runtime.preprocess import preprocess_mask, read_image, read_mask
 from runtime.scoring import normalize
@@ -180,7 +181,9 @@ def calibrated(model_dir, synthetic_data, tmp_path_factory):
     good = _good_folder(synthetic_data, root / "good")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["--model", str(model), "--images", str(root / "good"), "--fpr", "0.25", "--pixel-fpr", "0.01"]) == 0
+        # one batch of the 4 readable images, as the test predicts them: bit-identical scores on any CPU
+        assert main(["--model", str(model), "--images", str(root / "good"), "--fpr", "0.25", "--pixel-fpr", "0.01",
+                     "--batch-size", "5"]) == 0
     return model, good, out.getvalue()
 
 
@@ -275,3 +278,41 @@ def test_only_unreadable_images_is_an_error(detector, tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"")  # OpenCV asserts on empty input: still a skipped file, not a crash
     with pytest.raises(DatasetLayoutError, match="none of the 2 image files"):
         calibrate(detector, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ too few (issue 11.6)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """The tiny real model folder of ``helpers.model_folder``: calibration refusals in milliseconds."""
+    return make_folder(tmp_path_factory.mktemp("tiny") / "model").root
+
+
+def test_one_image_is_accepted_as_a_path_but_refused_as_a_calibration(tiny_model, tmp_path, capsys):
+    one = _png(tmp_path / "one.png", 90)
+    assert list_images(one) == [one]
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetLayoutError, match="notes.txt: not an image file"):
+        list_images(tmp_path / "notes.txt")
+    before = (tiny_model / MANIFEST).read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["--model", str(tiny_model), "--images", str(one), "--fpr", "0.05"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "one.png: 1 readable normal image(s) of 1; calibration needs at least 2 (20 to resolve" in err
+    assert (tiny_model / MANIFEST).read_bytes() == before  # nothing degenerate written
+
+
+def test_images_that_all_score_alike_are_refused(tiny_model, tmp_path):
+    same = [_png(tmp_path / f"{k}.png", 90) for k in range(3)]
+    with Detector(tiny_model) as detector, pytest.raises(CalibrationError, match="every image value of the 3 "):
+        calibrate(detector, same, fpr=0.0)
+
+
+def test_too_few_images_for_the_rate_are_warned_about_loudly(tiny_model, tmp_path, capsys):
+    images = [_png(tmp_path / "good" / f"{k}.png", 40 * k) for k in range(3)]
+    assert main(["--model", str(tiny_model), "--images", str(images[0].parent), "--fpr", "0.01", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: 3 calibration images resolve false-reject rates only in steps of 1/3" in captured.err
+    assert "needs at least 100" in captured.err

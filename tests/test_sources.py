@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import re
 import threading
 import time
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import SourceError
+from runtime.limits import Limits
 from runtime.sources import LatestFrameReader, LiveCapture, Source, open_source
 from runtime.visualize import write_rgb
 
@@ -246,3 +249,38 @@ def test_reader_close_interrupts_a_reconnect_wait():
     reader.close()
     assert time.monotonic() - start < 1.0
     assert list(reader) == [] and device.opened == 1
+
+
+def test_captured_frames_of_any_layout_become_rgb_or_error_frames():
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 0] = 255  # blue
+    cases = {
+        "bgr": (bgr, [0, 0, 255]),
+        "bgra": (np.dstack([bgr, np.full((4, 6), 7, np.uint8)]), [0, 0, 255]),
+        "gray": (np.full((4, 6), 9, np.uint8), [9, 9, 9]),
+        "16-bit": (bgr.astype(np.uint16), "uint16 pixels, expected 8-bit frames"),
+        "5 channels": (np.zeros((4, 6, 5), np.uint8), r"captured shape \(4, 6, 5\)"),
+        "over the limit": (np.zeros((40, 60, 3), np.uint8), "60 x 40 = 2,400 pixels, over the limit of 100"),
+    }
+    for name, (picture, expected) in cases.items():
+        with open_source("0", reconnect=False, capture_factory=FakeDevice([1], frame=picture),
+                         limits=Limits(max_pixels=100)) as source:
+            (frame,) = list(source)
+        if isinstance(expected, list):
+            assert frame.error is None and frame.image[0, 0].tolist() == expected, name
+        else:
+            assert frame.image is None and re.search(f"camera:0: frame 0: .*{expected}", frame.error), name
+
+
+def test_links_pipes_and_hostile_files_in_a_folder_are_error_frames(tmp_path):
+    folder, _ = _images(tmp_path, ["a.png"], sub="images")
+    (folder / "passwd.png").symlink_to("/etc/passwd")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "gone.png").symlink_to(folder / "nowhere.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "sub.png").mkdir()  # a folder is no frame
+    frames = list(open_source(str(folder)))
+    assert [f.name for f in frames] == ["a.png", "gone.png", "passwd.png", "pipe.png", "zero.png"]
+    errors = {f.name: f.error for f in frames[1:]}
+    assert "No such file" in errors["gone.png"] and "not a PNG" in errors["passwd.png"]
+    assert "not a regular file" in errors["pipe.png"] and "not a regular file" in errors["zero.png"]

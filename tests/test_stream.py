@@ -1,5 +1,6 @@
 """python -m runtime.stream: every kind of source end to end, JSON records, annotated outputs, faults (corrupt
-frames, lost streams, missing sources and models), clean stops on SIGTERM / SIGINT, and calibrated verdicts."""
+frames, lost streams, missing sources and models), clean stops on SIGTERM / SIGINT, calibrated verdicts, and the
+per-frame contract: every frame one verdict or error line, only the model or an output failing stops the run."""
 from __future__ import annotations
 
 import itertools
@@ -12,16 +13,18 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers.model_folder import make_folder
 
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.manifest import Manifest, Thresholds
-from runtime.sources import open_source
+from runtime.sources import Source, open_source
 from runtime.stream import display_size, main, stream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,3 +281,145 @@ def test_annotated_frames_are_display_sized():
     assert display_size(np.zeros((1080, 1920, 3), np.uint8)).shape == (540, 960, 3)
     image = np.zeros((600, 800, 3), np.uint8)
     assert display_size(image) is image
+
+
+# ---------------------------------------------------------------------------- the per-frame contract (issue 11)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny real model folder of ``helpers.model_folder`` (8 x 8 images): contract tests in milliseconds."""
+    return make_folder(tmp_path_factory.mktemp("tiny") / "model").root
+
+
+@pytest.fixture
+def tiny_detector(tiny):
+    with Detector(tiny) as d:
+        yield d
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose (valid) header claims ``width`` x ``height``."""
+    data = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(data[12:29]).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_no_file_stops_the_stream_and_limits_are_error_lines(tiny, tmp_path, capsys):
+    """Issue 11.1 / 11.2: a PNG header claiming 100000 x 100000 raised cv2.error out of the source (traceback,
+    exit 1, the rest never scored); a multi-GB file was read whole."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = cv2.imencode(".png", np.full((20, 30, 3), 90, np.uint8))[1].tobytes()
+    (folder / "a.png").write_bytes(good)
+    (folder / "b_bomb.png").write_bytes(_png_claiming(100_000, 100_000))
+    with open(folder / "c_huge.png", "wb") as f:
+        f.write(good)
+        f.truncate(3 << 30)  # sparse
+    (folder / "d_text.png").write_bytes(b"just text")
+    (folder / "e.png").write_bytes(good)
+    (folder / "f_large.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes())
+    args = ["--model", str(tiny), "--source", str(folder), "--batch", "2", "--max-pixels", "1000"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    records = _lines(captured.out)
+    assert [r["name"] for r in records] == ["a.png", "b_bomb.png", "c_huge.png", "d_text.png", "e.png", "f_large.png"]
+    assert ["error" in r for r in records] == [False, True, True, True, False, True]
+    bomb = "100000 x 100000 = 10,000,000,000 pixels, over the limit of 1,000 (raise it with --max-pixels"
+    assert bomb in records[1]["error"]
+    assert "c_huge.png: 3,221,225,472 bytes, over the file size limit" in records[2]["error"]
+    assert "--max-file-mb" in records[2]["error"] and "not a PNG" in records[3]["error"]
+    assert "40 x 40 = 1,600 pixels" in records[5]["error"]
+    assert _summary(captured.err) == (6, 4, 0)
+
+    assert main([*args[:-2], "--max-pixels", "1e12", "--max-side", "1000000"]) == 0  # past the limits
+    records = _lines(capsys.readouterr().out)
+    assert "b_bomb.png: corrupt PNG data" in records[1]["error"]  # OpenCV's own refusal, as an error line
+    assert "error" not in records[5]
+
+
+class Frames(Source):
+    """A finite source of the given images (None: a frame the source could not read)."""
+
+    def __init__(self, images: list) -> None:
+        super().__init__("frames")
+        self.images = images
+
+    def _frames(self):
+        for image in self.images:
+            yield self._make(image=image) if image is not None else self._make(error="unreadable")
+
+
+def test_whatever_a_frame_does_it_gives_one_line_and_the_run_goes_on(tiny_detector, monkeypatch, caplog):
+    images = [np.full((16, 16, 3), 40 * k, np.uint8) for k in range(6)]
+    images[2] = None
+    images[3] = np.zeros((16, 16), np.uint8)  # grayscale: explained
+    prepare = tiny_detector.prepare
+
+    def flaky_prepare(image, what="image"):
+        if what.endswith("frame 4"):
+            raise MemoryError("no room for this one")
+        return prepare(image, what)
+
+    def flaky_annotated(image, prediction):
+        if prediction.score == pytest.approx(shown[5]):
+            raise cv2.error("cannot draw")
+        return np.zeros((512, 512, 3), np.uint8)
+
+    shown = {5: tiny_detector.predict(images[5]).score}
+    monkeypatch.setattr(tiny_detector, "prepare", flaky_prepare)
+    monkeypatch.setattr("runtime.stream.annotated", flaky_annotated)
+
+    class Pictures:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def write(self, image) -> bool:
+            self.count += 1
+            return False
+
+    records, pictures = Records(), Pictures()
+    summary = stream(tiny_detector, Frames(images), [records], [pictures], batch=4)
+    assert [r["frame"] for r in records] == list(range(6)) and pictures.count == 6
+    errors = {r["frame"]: r["error"] for r in records if "error" in r}
+    assert set(errors) == {2, 3, 4}
+    assert errors[2] == "unreadable" and "grayscale" in errors[3]
+    assert "frame 4: pre-processing failed (MemoryError: no room for this one)" in errors[4]
+    assert "score" in records[5] and "cannot annotate" in caplog.text  # the verdict stands
+    assert (summary["frames"], summary["errors"], summary["stop_reason"]) == (6, 3, "end of source")
+
+
+def test_a_failing_model_or_output_stops_the_run_with_a_summary(tiny, tiny_detector, monkeypatch, capsys):
+    calls = {"n": 0}
+    run = tiny_detector.backend.run
+
+    def failing_run(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_detector.backend, "run", failing_run)
+    records = Records()
+    summary = stream(tiny_detector, open_source("synthetic", size=32), [records], batch=2)
+    assert summary["stop_reason"] == "model failed: RuntimeError: device lost"
+    assert ["error" in r for r in records] == [False, False, True, True]  # the failed batch's frames: error lines
+    assert (summary["frames"], summary["errors"]) == (4, 2)
+
+    class BrokenDisk(Records):
+        def write(self, record: dict) -> None:
+            if len(self) == 3:
+                raise OSError(28, "No space left on device")
+            self.append(record)
+
+    records = BrokenDisk()
+    summary = stream(tiny_detector, open_source("synthetic", size=32), [records], batch=2)
+    assert summary["stop_reason"] == "output failed: OSError: [Errno 28] No space left on device"
+    assert summary["frames"] == len(records) == 3
+
+    monkeypatch.setattr("runtime.backends.onnxruntime.OnnxRuntimeBackend.run", failing_run)
+    calls["n"] = 1
+    assert main(["--model", str(tiny), "--frames", "5"]) == 1  # the command's status says it
+    err = capsys.readouterr().err
+    assert "model failed: RuntimeError: device lost" in err and _summary(err) == (1, 1, 0)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
-from runtime.errors import BackendError
+from runtime.errors import BackendError, ModelFolderError
 from runtime.manifest import COMPONENTS, Manifest
 from runtime.schedule import DDIMPlan, q_sample
 
@@ -58,12 +58,27 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         providers = [(p, {"device_id": self.device_id}) if p != "CPUExecutionProvider" else p for p in wanted]
-        self.sessions = {
-            name: ort.InferenceSession(str(manifest.path(name)), options, providers=providers) for name in COMPONENTS
-        }
+        self.sessions = {name: self._session(ort, name, options, providers) for name in COMPONENTS}
         self.memory = "cpu" if self.kind == "cpu" else "cuda"
         self._ort = ort
         self._step_values: dict[tuple, list] = {}
+
+    def _session(self, ort, name: str, options, providers: list):
+        """An inference session on component ``name``'s graph, whose inputs and outputs must be the manifest's."""
+        path = self.manifest.path(name)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 (ONNX Runtime's exceptions derive from Exception only)
+            raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({str(exc)[:300]})") from None
+        entry = self.manifest.component(name)
+        for kind, found in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+            graph = {t.name: t.shape for t in found}
+            if set(graph) != set(entry[kind]) or any(
+                len(graph[t]) != len(dims) or any(isinstance(g, int) and g != d for g, d in zip(graph[t], dims))
+                for t, dims in entry[kind].items()
+            ):
+                raise ModelFolderError(f"{path}: graph {kind} {graph}, the manifest lists {entry[kind]}")
+        return session
 
     def _on_device(self, array: np.ndarray):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.memory, self.device_id)
@@ -103,7 +118,7 @@ class OnnxRuntimeBackend(Backend):
         start = time.perf_counter()
         image = self._on_device(images.astype(np.float32, copy=False))
         latent = self._ort.OrtValue.ortvalue_from_shape_and_type(list(latent_shape), np.float32, "cpu", 0)
-        hint = self._empty((batch, *self.manifest.data["hint_shape"]))
+        hint = self._empty((batch, *self.manifest.hint_shape))
         self._run("vae_encoder", {"image": image}, {"latent": latent})
         self._run("hint_encoder", {"image": image}, {"hint": hint})
         x = [self._on_device(q_sample(latent.numpy(), noise, plan.start_alpha)), self._empty(latent_shape)]

@@ -1,0 +1,158 @@
+"""runtime.manifest: one validated schema (types, ranges, required and unknown keys), files confined to the model
+folder, checked at load before any graph is opened; on the tiny real model folder of ``helpers.model_folder``."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers.model_folder import make_folder
+
+from runtime import Detector
+from runtime.cli import run_cli
+from runtime.errors import ModelFolderError
+from runtime.manifest import MANIFEST, Manifest, file_entry
+from runtime.stream import main as stream_main
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "model").root
+
+
+def _edit(folder, change) -> None:
+    """Rewrite the manifest with ``change(data)`` applied, as a hand edit would (no validation on the way)."""
+    path = folder / MANIFEST
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(data):
+        node = data
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return change
+
+
+def _delete(*keys):
+    def change(data):
+        node = data
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return change
+
+
+BAD_VALUES = {
+    "max_batch 0": (_set("max_batch", 0), r"max_batch: expected an integer in \[1, 1024\], got 0"),
+    "max_batch negative": (_set("max_batch", -3), r"max_batch: expected an integer in \[1, 1024\], got -3"),
+    "max_batch 10^9": (_set("max_batch", 10**9), r"max_batch: expected an integer in \[1, 1024\]"),
+    "max_batch string": (_set("max_batch", "8"), r'max_batch: expected an integer in \[1, 1024\], got "8"'),
+    "file not a string": (_set("components", "scorer", "file", 5), "components.scorer.file: expected a string"),
+    "sha256 missing": (_delete("components", "scorer", "sha256"), r"components.scorer: missing key\(s\) \['sha256'\]"),
+    "sha256 not hex": (_set("components", "scorer", "sha256", "xyz"),
+                       "components.scorer.sha256: expected a string matching"),
+    "unknown threshold key": (_set("thresholds", {"image": 1.0, "imgae_max": 2.0}),
+                              r"thresholds: unknown key\(s\) \['imgae_max'\]"),
+    "unknown top-level key": (_set("max_batchh", 4), r"unknown key\(s\) \['max_batchh'\]"),
+    "seed not an integer": (_set("noise", "seed", 1.5), r"noise.seed: expected an integer in \[0, "),
+    "seed negative": (_set("noise", "seed", -1), r"noise.seed: expected an integer"),
+    "seed missing": (_delete("noise", "seed"), r"noise: missing key\(s\) \['seed'\]"),
+    "image_size missing": (_delete("image_size"), r"missing key\(s\) \['image_size'\]"),
+    "precision": (_set("precision", "int8"), r"precision: expected one of \['fp32', 'fp16'\]"),
+    "alpha NaN": (_set("schedule", "alphas", 0, float("nan")), r"schedule.alphas\[0\]: expected a finite number"),
+    "tensor shapes disagree": (_set("image_size", 16), r"components.vae_encoder.inputs: expected"),
+    "schedule not the runtime's": (_set("schedule", "start_t", 398), "DDIM timesteps/alphas differ"),
+    "alphas not the runtime's": (_set("schedule", "alphas", 1, 0.5), "DDIM timesteps/alphas differ"),
+    "degenerate normalisation": (_set("thresholds", {"image": 1.0, "pixel": 0.5, "image_min": 1.0, "image_max": 1.0,
+                                                     "pixel_min": 0.0, "pixel_max": 1.0}),
+                                 "image_min 1.0 and image_max 1.0 give no normalisation span"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=list(BAD_VALUES))
+def test_bad_values_are_named_at_load(folder, case):
+    change, message = BAD_VALUES[case]
+    _edit(folder, change)
+    with pytest.raises(ModelFolderError, match=message) as error:
+        Manifest.load(folder, verify=False)
+    assert str(error.value).startswith(f"{folder / MANIFEST}: ")
+
+
+def test_a_bad_value_is_an_error_line_at_load_not_a_traceback_at_the_first_frame(folder, capsys):
+    _edit(folder, _set("max_batch", 0))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(stream_main, ["--model", str(folder), "--frames", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "max_batch: expected an integer in [1, 1024], got 0" in err
+    assert "Traceback" not in err
+
+
+def test_files_must_stay_inside_the_model_folder(folder, tmp_path):
+    """Issue 11.3: with a matching size and hash a graph from elsewhere loaded silently."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(folder / "scorer.onnx", outside / "scorer.onnx")
+    entry = file_entry(outside, "scorer.onnx")
+    for name in (str(outside / "scorer.onnx"), "../elsewhere/scorer.onnx", "./scorer.onnx", "sub//scorer.onnx",
+                 "/etc/passwd", "..\\elsewhere\\scorer.onnx"):
+        _edit(folder, _set("components", "scorer", {**Manifest.load(folder, verify=False).component("scorer"),
+                                                    **entry, "file": name}))
+        with pytest.raises(ModelFolderError, match="components.scorer.file: .* is not a file name inside the model"):
+            Detector(folder)
+        _edit(folder, _set("components", "scorer", "file", "scorer.onnx"))
+    (folder / "scorer.onnx").unlink()
+    (folder / "scorer.onnx").symlink_to(outside / "scorer.onnx")  # same bytes: the hash matches
+    with pytest.raises(ModelFolderError, match=r"scorer.onnx: listed in .* but leads out of the model folder"):
+        Detector(folder)
+    (folder / "scorer.onnx").unlink()
+    (folder / "graphs").mkdir()
+    shutil.copy(outside / "scorer.onnx", folder / "graphs" / "scorer.onnx")
+    (folder / "scorer.onnx").symlink_to("graphs/scorer.onnx")  # a link that stays inside is fine
+    Manifest.load(folder)
+
+
+def test_engine_files_are_confined_too(folder):
+    _edit(folder, _set("engines", {"scorer": {"file": "../scorer.engine", "bytes": 1, "sha256": "0" * 64,
+                                              "tensorrt": "10.3.0", "compute_capability": "8.7"}}))
+    with pytest.raises(ModelFolderError, match="engines.scorer.file"):
+        Manifest.load(folder)
+
+
+def test_graphs_that_match_their_hash_but_not_the_manifest_are_named(folder):
+    """A system file, or another graph, put in place with the manifest's hash updated to match."""
+    shutil.copy(folder / "vae_decoder.onnx", folder / "scorer.onnx")  # a valid graph with other inputs
+    _edit(folder, _set("components", "scorer", {**Manifest.load(folder, verify=False).component("scorer"),
+                                                **file_entry(folder, "scorer.onnx")}))
+    with pytest.raises(ModelFolderError, match=r"scorer.onnx: graph inputs .*'latent'.*, the manifest lists"):
+        Detector(folder)
+    shutil.copy("/etc/passwd", folder / "scorer.onnx")
+    _edit(folder, _set("components", "scorer", {**Manifest.load(folder, verify=False).component("scorer"),
+                                                **file_entry(folder, "scorer.onnx")}))
+    with pytest.raises(ModelFolderError, match="scorer.onnx: ONNX Runtime cannot load this graph"):
+        Detector(folder)
+
+
+@pytest.mark.parametrize("text", [b"[" * 100_000 + b"]" * 100_000, b'{"format": 1' + b"0" * 5000 + b"}",
+                                  b"\xff\xfe\x00", b"null"], ids=["deep", "huge int", "not utf-8", "null"])
+def test_hostile_json_is_a_model_folder_error(folder, text):
+    (folder / MANIFEST).write_bytes(text)
+    with pytest.raises(ModelFolderError, match="manifest.json: "):
+        Manifest.load(folder)
+
+
+def test_save_validates_what_it_writes(folder):
+    manifest = Manifest.load(folder)
+    before = (folder / MANIFEST).read_bytes()
+    manifest.data["max_batch"] = 0
+    with pytest.raises(ModelFolderError, match="max_batch"):
+        manifest.save()
+    assert (folder / MANIFEST).read_bytes() == before
