@@ -18,12 +18,7 @@ import numpy as np
 import onnx
 
 from export.tensorrt import BATCH_AXIS, build_engine, parse_components, profile_shapes
-from runtime.backends.tensorrt_env import (
-    TensorRTUnavailableError,
-    check_engine,
-    compute_capability,
-    import_tensorrt,
-)
+from runtime.backends.tensorrt_env import TensorRTUnavailableError, import_tensorrt, select_device
 from runtime.cli import run_cli
 from runtime.manifest import COMPONENTS, Manifest
 
@@ -53,10 +48,11 @@ class Report:
 
 
 def tensorrt_unavailable(device: int = 0) -> str | None:
-    """Why TensorRT cannot run here (not installed, no GPU), or None when it can."""
+    """Why TensorRT cannot run on CUDA device ``device`` (not installed, no such GPU), or None when it can; the
+    device is made current for this thread, where TensorRT builds and runs."""
     try:
         import_tensorrt()
-        compute_capability(device)
+        select_device(device)
     except TensorRTUnavailableError as exc:
         return str(exc)
     return None
@@ -93,16 +89,16 @@ def check_graph(manifest: Manifest, component: str) -> list[str]:
 
 
 def tensorrt_runner(manifest: Manifest, component: str, batch: int, device: int):
-    """Polygraphy's ``TrtRunner`` on the folder's engine, or on one built from the ONNX graph if none is recorded."""
+    """Polygraphy's ``TrtRunner`` on CUDA device ``device``: on the folder's engine for this TensorRT and GPU, or
+    on one built from the ONNX graph if the folder has none for them."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     trt = import_tensorrt()
-    entry = manifest.engines.get(component)
+    entry = manifest.engine(component, trt.__version__, select_device(device))
     if entry is None:
         shapes = profile_shapes(manifest, component, batch, max(batch, manifest.max_batch))
         engine = build_engine(manifest.path(component), shapes)
     else:
-        check_engine(entry, trt.__version__, compute_capability(device), manifest.root)
         engine = manifest.check_file(entry).read_bytes()
     return TrtRunner(EngineFromBytes(engine), name=f"tensorrt-{component}")
 

@@ -2,9 +2,12 @@
 
 The API used is the one TensorRT 10.3 (JetPack 6) and 11.x share: strongly typed networks (FP16 lives in the ONNX
 graph, no precision flags), optimisation profiles, the name-based tensor API. An engine only runs on the TensorRT
-version and GPU architecture it was built for, so its file name and manifest entry carry both::
+version and GPU architecture it was built for, so its file name and manifest entry carry both, and the manifest
+keeps one engine per such target (building for another GPU adds engines, rebuilding for the same one replaces
+them). ``--device N`` builds on CUDA device N::
 
-    python -m export.tensorrt --model models/bottle [--components denoise_step] [--opt-batch 1] [--max-batch 8]
+    python -m export.tensorrt --model models/bottle [--components denoise_step] [--opt-batch 1] [--max-batch 8] \
+        [--device 0]
 
 TensorRT and cuda-python are imported lazily: this module imports without them; the helpers it shares with
 :mod:`runtime.backends.tensorrt` live in :mod:`runtime.backends.tensorrt_env`.
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.backends.tensorrt_env import compute_capability, engine_filename, import_tensorrt
+from runtime.backends.tensorrt_env import engine_filename, import_tensorrt, select_device
 from runtime.cli import run_cli
 from runtime.errors import ModelFolderError
 from runtime.manifest import BATCH_AXIS, COMPONENTS, MANIFEST, Manifest, file_entry
@@ -45,7 +48,8 @@ def record_engine(
     manifest: Manifest, component: str, path: Path, trt_version: str, capability: str, shapes: Shapes,
     **details: Any,
 ) -> dict[str, Any]:
-    """Write ``engines[component]`` (file, size, hash, versions, profile, ``details``) and save the manifest."""
+    """Record ``component``'s engine for its target (file, size, hash, versions, profile, ``details``), replacing
+    an older one for the same TensorRT version and compute capability, and save the manifest."""
     entry = {
         **file_entry(manifest.root, path.name),
         "tensorrt": trt_version,
@@ -53,7 +57,7 @@ def record_engine(
         "profile": {name: dict(zip(("min", "opt", "max"), map(list, s))) for name, s in shapes.items()},
         **details,
     }
-    manifest.data.setdefault("engines", {})[component] = entry
+    manifest.set_engine(component, entry)
     manifest.save()
     return entry
 
@@ -63,7 +67,8 @@ def build_engine(
     onnx_path: Path, shapes: Shapes, optimization_level: int = 3, timing_cache: Path | None = None,
     workspace_gb: float | None = None,
 ) -> bytes:
-    """A serialized engine for ``onnx_path``: strongly typed network, one optimisation profile (``shapes``)."""
+    """A serialized engine for ``onnx_path`` built on the current CUDA device (:func:`select_device`): strongly
+    typed network, one optimisation profile (``shapes``)."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -102,9 +107,10 @@ def build_engine(
 def build_component(
     manifest: Manifest, component: str, opt_batch: int, max_batch: int, device: int = 0, **options: Any
 ) -> dict[str, Any]:
-    """Build ``component``'s engine into the model folder and record it; returns the manifest entry."""
+    """Build ``component``'s engine on CUDA device ``device`` into the model folder and record it; returns the
+    manifest entry."""
     trt = import_tensorrt()
-    capability = compute_capability(device)
+    capability = select_device(device)
     shapes = profile_shapes(manifest, component, opt_batch, max_batch)
     path = manifest.root / engine_filename(component, trt.__version__, capability)
     _write_atomic(path, build_engine(manifest.path(component), shapes, **options))
@@ -140,12 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     trt = import_tensorrt()
-    capability = compute_capability(args.device)
+    capability = select_device(args.device)
     manifest = Manifest.load(args.model)
     max_batch = manifest.max_batch if args.max_batch is None else args.max_batch
     if not 1 <= args.opt_batch <= max_batch:
         p.error(f"need 1 <= --opt-batch <= max batch, got {args.opt_batch} and {max_batch}")
-    print(f"TensorRT {trt.__version__}, compute capability {capability}, batch 1/{args.opt_batch}/{max_batch}")
+    print(f"TensorRT {trt.__version__}, CUDA device {args.device} (compute capability {capability}), "
+          f"batch 1/{args.opt_batch}/{max_batch}")
     for component in args.components:
         start = time.perf_counter()
         entry = build_component(

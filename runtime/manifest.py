@@ -1,5 +1,5 @@
-"""The model folder's schema: ``manifest.json`` beside one ONNX graph (and optionally one TensorRT engine) per
-component. Written by ``export``, read and verified by the runtime; torch-free.
+"""The model folder's schema: ``manifest.json`` beside one ONNX graph (and optionally TensorRT engines, one per
+TensorRT version and GPU architecture) per component. Written by ``export``, read and verified by the runtime; torch-free.
 
 Components and their tensors (batch axis ``B`` dynamic, all I/O float32 even in an FP16 model folder):
 
@@ -36,6 +36,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_BATCH = 1024
 MAX_LATENT_VALUES = 1 << 22  # per image: the fixed noise and each latent buffer (16 MiB of float32)
 MAX_HINT_VALUES = 1 << 24
+MAX_ENGINE_TARGETS = 64  # engines per component: one per (TensorRT version, compute capability)
 
 def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in chunks."""
@@ -96,6 +97,7 @@ class Manifest:
         if data.get("version") != FORMAT_VERSION:
             raise ModelFolderError(f"{path}: manifest version {shown(data.get('version'))}, this runtime reads "
                                    f"{FORMAT_VERSION}")
+        _upgrade_engines(data)
         manifest = cls(root, data)
         manifest.validate()
         for entry in manifest.files():
@@ -115,7 +117,8 @@ class Manifest:
 
     def files(self) -> list[dict[str, Any]]:
         """Every file entry: the components', their external data's and the engines'."""
-        entries = [self.component(name) for name in COMPONENTS] + list(self.engines.values())
+        entries = [self.component(name) for name in COMPONENTS]
+        entries += [engine for targets in self.engines.values() for engine in targets]
         return entries + [extra for entry in entries for extra in entry.get("external_data", [])]
 
     def file_path(self, entry: dict[str, Any]) -> Path:
@@ -197,8 +200,20 @@ class Manifest:
         return Thresholds(**self.data.get("thresholds") or {})
 
     @property
-    def engines(self) -> dict[str, Any]:
+    def engines(self) -> dict[str, list[dict[str, Any]]]:
+        """Per component, its engines: one entry per (TensorRT version, compute capability)."""
         return self.data.get("engines", {})
+
+    def engine(self, component: str, trt_version: str, capability: str) -> dict[str, Any] | None:
+        """``component``'s engine entry for TensorRT ``trt_version`` on compute capability ``capability``."""
+        return next((entry for entry in self.engines.get(component, [])
+                     if (entry["tensorrt"], entry["compute_capability"]) == (trt_version, capability)), None)
+
+    def set_engine(self, component: str, entry: dict[str, Any]) -> None:
+        """Record ``entry`` as ``component``'s engine for its target, replacing the one built for the same TensorRT
+        version and compute capability and keeping the others (not saved: call :meth:`save`)."""
+        targets = self.data.setdefault("engines", {}).setdefault(component, [])
+        targets[:] = [e for e in targets if _target(e) != _target(entry)] + [entry]
 
     # -------------------------------------------------------------------------------------------- writing
     def save(self) -> None:
@@ -252,6 +267,20 @@ def _check_plan(manifest: Manifest) -> None:
         )
 
 
+def _target(engine: dict[str, Any]) -> tuple[str, str]:
+    return engine["tensorrt"], engine["compute_capability"]
+
+
+def _upgrade_engines(data: Any) -> None:
+    """Manifests written before engines were kept per target hold one engine object per component: make each a
+    one-entry list (the next save writes the current form)."""
+    engines = data.get("engines") if isinstance(data, dict) else None
+    if isinstance(engines, dict):
+        for name, entry in engines.items():
+            if isinstance(entry, dict):
+                engines[name] = [entry]
+
+
 def _read_json(path: Path) -> Any:
     try:
         size = path.stat().st_size
@@ -275,6 +304,11 @@ def _check_consistency(data: dict[str, Any]) -> None:
             found = data["components"][name][kind]
             if found != tensors:
                 raise SchemaError(f"components.{name}.{kind}: expected {shown(tensors, 200)}, got {shown(found, 200)}")
+    for name, targets in data.get("engines", {}).items():
+        for key, what in ((_target, "TensorRT version and compute capability"), (lambda e: e["file"], "file")):
+            seen = [key(entry) for entry in targets]
+            if len(set(seen)) < len(seen):
+                raise SchemaError(f"engines.{name}: two engines share one {what}: {shown(seen, 200)}")
     schedule = data["schedule"]
     if not len(schedule["timesteps"]) == len(schedule["alphas"]) == len(schedule["alphas_prev"]):
         raise SchemaError("schedule: timesteps, alphas and alphas_prev must have one value per DDIM step")
@@ -346,7 +380,7 @@ SCHEMA = obj(
         "opset": integer(1, 1000),
         "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
                        "weights": nullable(string())}),
-        "engines": obj({}, {name: _ENGINE for name in COMPONENTS}),
+        "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENTS}),
         "thresholds": _THRESHOLDS,
         "versions": mapping(string(max_length=256), max_length=256),
     },

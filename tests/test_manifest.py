@@ -121,9 +121,9 @@ def test_files_must_stay_inside_the_model_folder(folder, tmp_path):
 
 
 def test_engine_files_are_confined_too(folder):
-    _edit(folder, _set("engines", {"scorer": {"file": "../scorer.engine", "bytes": 1, "sha256": "0" * 64,
-                                              "tensorrt": "10.3.0", "compute_capability": "8.7"}}))
-    with pytest.raises(ModelFolderError, match="engines.scorer.file"):
+    _edit(folder, _set("engines", {"scorer": [{"file": "../scorer.engine", "bytes": 1, "sha256": "0" * 64,
+                                               "tensorrt": "10.3.0", "compute_capability": "8.7"}]}))
+    with pytest.raises(ModelFolderError, match=r"engines.scorer\[0\].file"):
         Manifest.load(folder)
 
 

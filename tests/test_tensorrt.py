@@ -1,18 +1,25 @@
 """TensorRT export, the Polygraphy comparison and the TensorRT backend, on a tiny real ONNX model folder.
 
 The first group runs anywhere (ONNX Runtime through Polygraphy, the engine contract, clear errors without
-TensorRT); the last builds engines and runs them, and skips unless TensorRT and a CUDA GPU are present.
+TensorRT); the second runs our export and backend logic on test doubles of TensorRT and cuda-python
+(:mod:`helpers.fake_tensorrt`: they test our logic, not TensorRT); the last builds real engines and runs them, and
+skips unless TensorRT and a CUDA GPU are present.
 """
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
+import types
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
+from helpers import fake_tensorrt
 from helpers.model_folder import LATENT, MAX_BATCH, S, graph, make_folder
 from onnx import helper
 
@@ -20,8 +27,9 @@ from export import compare
 from export import tensorrt as export_trt
 from runtime.backends import tensorrt as backend_trt
 from runtime.backends import tensorrt_env as trt_env
+from runtime.cli import run_cli
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENTS, Manifest, file_entry
+from runtime.manifest import COMPONENTS, MANIFEST, Manifest, file_entry
 from runtime.schedule import ddim_plan, q_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +70,19 @@ def test_engine_filename():
     assert trt_env.engine_filename("scorer", "11.1.0.3", "12.0") == "scorer.trt11.1.0.3.sm120.engine"
 
 
-def test_check_engine_refuses_other_version_or_gpu(tmp_path):
-    entry = {"file": "scorer.trt10.3.0.sm87.engine", "tensorrt": "10.3.0", "compute_capability": "8.7"}
-    trt_env.check_engine(entry, "10.3.0", "8.7", tmp_path)
-    with pytest.raises(ModelFolderError) as version:
-        trt_env.check_engine(entry, "11.1.0", "8.7", tmp_path)
-    message = str(version.value)
-    assert "built with TensorRT 10.3.0" in message and "runs TensorRT 11.1.0" in message
-    assert f"python -m export.tensorrt --model {tmp_path}" in message
-    assert str(tmp_path / entry["file"]) in message
-    with pytest.raises(ModelFolderError, match=r"compute capability 8\.7.*compute capability 9\.0 GPU"):
-        trt_env.check_engine(entry, "10.3.0", "9.0", tmp_path)
+def test_find_engine_names_the_targets_built_and_the_command(folder32):
+    entry = {"file": "scorer.trt10.3.0.sm87.engine", "bytes": 1, "sha256": "0" * 64, "tensorrt": "10.3.0",
+             "compute_capability": "8.7"}
+    folder32.set_engine("scorer", entry)
+    assert trt_env.find_engine(folder32, "scorer", "10.3.0", "8.7", 0) is entry
+    with pytest.raises(ModelFolderError) as other:
+        trt_env.find_engine(folder32, "scorer", "11.1.0", "8.7", 1)
+    message = str(other.value)
+    assert "no scorer engine for TensorRT 11.1.0 on compute capability 8.7 (CUDA device 1)" in message
+    assert "scorer.trt10.3.0.sm87.engine (TensorRT 10.3.0, compute capability 8.7)" in message
+    assert message.endswith(f"python -m export.tensorrt --model {folder32.root} --device 1")
+    with pytest.raises(ModelFolderError, match="no vae_encoder engine .* it has none. Build them here"):
+        trt_env.find_engine(folder32, "vae_encoder", "10.3.0", "8.7", 0)
 
 
 def test_record_engine_in_manifest(folder32):
@@ -82,7 +92,7 @@ def test_record_engine_in_manifest(folder32):
     export_trt.record_engine(folder32, "vae_encoder", path, "10.3.0", "8.7", shapes, optimization_level=3)
 
     reloaded = Manifest.load(folder32.root)
-    entry = reloaded.engines["vae_encoder"]
+    entry = reloaded.engine("vae_encoder", "10.3.0", "8.7")
     assert entry["file"] == path.name and entry["bytes"] == path.stat().st_size
     assert (entry["tensorrt"], entry["compute_capability"], entry["optimization_level"]) == ("10.3.0", "8.7", 3)
     assert entry["profile"] == {"image": {"min": [1, 3, S, S], "opt": [2, 3, S, S], "max": [4, 3, S, S]}}
@@ -90,6 +100,40 @@ def test_record_engine_in_manifest(folder32):
     path.write_bytes(b"replaced")
     with pytest.raises(ModelFolderError, match="bytes"):
         reloaded.check_file(entry)
+
+
+def test_engines_are_kept_per_target(folder32):
+    """Issue 12.3: one engine per component, so building for a second GPU overwrote the entry and orphaned a file."""
+    def record(version: str, capability: str, content: bytes) -> None:
+        path = folder32.root / trt_env.engine_filename("scorer", version, capability)
+        path.write_bytes(content)
+        export_trt.record_engine(folder32, "scorer", path, version, capability,
+                                 export_trt.profile_shapes(folder32, "scorer", 1, 4))
+
+    record("10.3.0", "8.7", b"orin")
+    record("11.1.0", "9.0", b"h100")
+    record("10.3.0", "8.7", b"orin, rebuilt")  # the same target: replaced
+    reloaded = Manifest.load(folder32.root)
+    targets = [(e["tensorrt"], e["compute_capability"]) for e in reloaded.engines["scorer"]]
+    assert sorted(targets) == [("10.3.0", "8.7"), ("11.1.0", "9.0")]
+    assert reloaded.check_file(reloaded.engine("scorer", "10.3.0", "8.7")).read_bytes() == b"orin, rebuilt"
+    assert reloaded.check_file(reloaded.engine("scorer", "11.1.0", "9.0")).read_bytes() == b"h100"
+
+    twin = {**reloaded.engine("scorer", "11.1.0", "9.0"), "file": "scorer.copy.engine"}
+    reloaded.data["engines"]["scorer"].append(twin)
+    with pytest.raises(ModelFolderError, match="engines.scorer: two engines share one TensorRT version and compute"):
+        reloaded.save()
+
+
+def test_a_manifest_with_one_engine_object_per_component_still_loads(folder32):
+    """Folders written before engines were kept per target hold an object, not a list."""
+    path = folder32.root / "scorer.trt10.3.0.sm87.engine"
+    path.write_bytes(b"engine")
+    entry = {**file_entry(folder32.root, path.name), "tensorrt": "10.3.0", "compute_capability": "8.7"}
+    data = json.loads((folder32.root / MANIFEST).read_text())
+    data["engines"] = {"scorer": entry}
+    (folder32.root / MANIFEST).write_text(json.dumps(data))
+    assert Manifest.load(folder32.root).engine("scorer", "10.3.0", "8.7") == entry
 
 
 def test_compare_onnxrt_only(folder, monkeypatch, capsys):
@@ -149,6 +193,34 @@ def test_backend_construction_says_what_is_missing(folder32, monkeypatch):
         backend_trt.TensorRTBackend(folder32)
 
 
+def test_cudart_falls_back_to_the_older_cuda_python_layout(monkeypatch):
+    """Issue 12.6: cuda-python before 12.6 (JetPack 6) has ``cuda.cudart`` only; it was reported "not installed"."""
+    old = types.ModuleType("cuda.cudart")
+    cuda = types.ModuleType("cuda")
+    cuda.cudart = old
+    for name, module in (("cuda", cuda), ("cuda.bindings", None), ("cuda.bindings.runtime", None),
+                         ("cuda.cudart", old)):
+        monkeypatch.setitem(sys.modules, name, module)
+    assert trt_env.import_cudart() is old
+
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    with pytest.raises(trt_env.TensorRTUnavailableError) as missing:
+        trt_env.import_cudart()
+    message = str(missing.value)
+    assert "cuda.bindings.runtime: " in message and "cuda.cudart: " in message and "pip install cuda-python" in message
+    installed = [d for d in ("cuda-python", "cuda-bindings") if _distribution(d)]
+    assert ("is installed but its runtime module does not import" in message) == bool(installed)
+    assert ("cuda-python is not installed" in message) == (not installed)
+
+
+def _distribution(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _cuda_devices() -> int:
     try:
         from cuda.bindings import runtime as cudart
@@ -200,6 +272,177 @@ def test_device_index():
         backend_trt.device_index("cpu")
 
 
+# ------------------------------------------------------------- our logic on test doubles (helpers.fake_tensorrt)
+@pytest.fixture
+def fake(monkeypatch):
+    """Fake ``tensorrt`` and ``cuda.bindings.runtime``: two GPUs, compute capabilities 8.6 and 8.9."""
+    return fake_tensorrt.install(monkeypatch)
+
+
+def build(manifest: Manifest, *args: str) -> Manifest:
+    assert export_trt.main(["--model", str(manifest.root), *args]) == 0
+    return Manifest.load(manifest.root)
+
+
+def batches(*sizes: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, 3, S, S)).astype(np.float32) for n in sizes]
+
+
+def assert_like_onnxruntime(manifest: Manifest, out, images: np.ndarray, plan, noise: np.ndarray) -> None:
+    amap, score = reference(manifest, images, plan, noise)
+    np.testing.assert_allclose(out.anomaly_map, amap, atol=1e-5)
+    np.testing.assert_allclose(out.score, score, atol=1e-5)
+
+
+def test_engines_are_built_on_the_device_asked_for(fake, folder32, capsys):
+    """Issue 12.3: ``--device 1`` only changed the label; the engine was built on GPU 0 and did not load on 1."""
+    _, cudart = fake
+    manifest = build(folder32, "--device", "1")
+    assert cudart.current == 1
+    for name in COMPONENTS:
+        entry = manifest.engine(name, "10.3.0", "8.9")
+        assert entry["file"] == f"{name}.trt10.3.0.sm89.engine"
+        header = manifest.check_file(entry).read_bytes().partition(fake_tensorrt.HEADER_END)[0]
+        assert json.loads(header)["capability"] == "8.9"  # built on device 1 itself
+    manifest = build(manifest, "--device", "0")
+    assert all(len(manifest.engines[name]) == 2 for name in COMPONENTS)
+
+    images, noise, plan = batches(3)[0], np.zeros(LATENT, np.float32), manifest.plan()
+    for device in ("cuda:0", "cuda:1"):
+        backend = backend_trt.TensorRTBackend(manifest, device)
+        try:
+            assert_like_onnxruntime(manifest, backend.run(images, plan, noise), images, plan, noise)
+        finally:
+            backend.close()
+    assert cudart.leaks() == {}
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(export_trt.main, ["--model", str(manifest.root), "--device", "2"])
+    assert exit_.value.code == 2
+    assert "error: CUDA device 2 does not exist: this machine has 2 (0 to 1)" in capsys.readouterr().err
+    with pytest.raises(trt_env.TensorRTUnavailableError, match="CUDA device 5 does not exist"):
+        backend_trt.TensorRTBackend(manifest, "cuda:5")
+
+
+def test_bad_engines_are_refused_with_what_to_run(fake, folder32):
+    trt, cudart = fake
+    manifest = build(folder32, "--device", "0", "--components", "vae_encoder,hint_encoder,denoise_step,vae_decoder")
+    rebuild = f"python -m export.tensorrt --model {folder32.root} --device 0"
+    with pytest.raises(ModelFolderError, match=r"no scorer engine for TensorRT 10.3.0 .* it has none"):
+        backend_trt.TensorRTBackend(manifest, "cuda:0")
+    manifest = build(manifest, "--device", "0", "--components", "scorer")
+    with pytest.raises(ModelFolderError, match=r"no vae_encoder engine .* compute capability 8\.9 \(CUDA device 1\)"):
+        backend_trt.TensorRTBackend(manifest, "cuda:1")  # built for 8.6 only
+    trt.__version__ = "11.1.0"
+    with pytest.raises(ModelFolderError) as version:
+        backend_trt.TensorRTBackend(manifest, "cuda:0")
+    assert "vae_encoder.trt10.3.0.sm86.engine (TensorRT 10.3.0, compute capability 8.6)" in str(version.value)
+    assert str(version.value).endswith(rebuild)
+    trt.__version__ = "10.3.0"
+
+    # an engine built on another GPU behind this GPU's name (what --device used to write): TensorRT refuses it
+    entry = manifest.engine("scorer", "10.3.0", "8.6")
+    onnx_bytes = manifest.path("scorer").read_bytes()
+    profile = {name: [list(shape) for shape in shapes] for name, shapes in
+               export_trt.profile_shapes(manifest, "scorer", 1, MAX_BATCH).items()}
+    path = manifest.check_file(entry)
+    path.write_bytes(fake_tensorrt.engine_bytes("8.9", profile, onnx_bytes))
+    with pytest.raises(ModelFolderError, match=f"{path}: TensorRT could not deserialize .*; rebuild it: {rebuild}"):
+        backend_trt.TensorRTBackend(manifest, "cuda:0", verify=False)
+    # a profile that does not start at batch 1
+    narrow = {name: [[2, *lo[1:]], [2, *lo[1:]], hi] for name, (lo, _, hi) in profile.items()}
+    path.write_bytes(fake_tensorrt.engine_bytes("8.6", narrow, onnx_bytes))
+    with pytest.raises(ModelFolderError, match=f"runs batches 2 to {MAX_BATCH}; the runtime needs every batch from 1"):
+        backend_trt.TensorRTBackend(manifest, "cuda:0", verify=False)
+    path.unlink()
+    with pytest.raises(ModelFolderError, match="listed in .* but missing"):
+        backend_trt.TensorRTBackend(manifest, "cuda:0")
+    assert cudart.leaks() == {}
+
+
+@pytest.fixture
+def engines(fake, folder32) -> Manifest:
+    return build(folder32, "--device", "0")
+
+
+def test_graphs_replay_after_batch_size_changes(fake, engines):
+    """Issue 12.1: one denoise_step context per slot, shaped only at capture: a graph captured at batch 4, replayed
+    after a batch-2 capture on the same slot, ran against batch-2 context state (wrong results, silently)."""
+    _, cudart = fake
+    noise, plans = np.zeros(LATENT, np.float32), [engines.plan(), ddim_plan(2, 399)]
+    backend = backend_trt.TensorRTBackend(engines, "cuda:0")
+    sizes = (4, 2, 2, 4, 4, 2, 3, 3)  # slot 0 runs 4, 2, 4, 3 and slot 1 runs 2, 4, 2, 3
+    try:
+        for plan in plans:
+            for images in batches(*sizes):
+                assert_like_onnxruntime(engines, backend.run(images, plan, noise), images, plan, noise)
+            for images in batches(*sizes, seed=1):  # the same again: replays only
+                assert_like_onnxruntime(engines, backend.run(images, plan, noise), images, plan, noise)
+    finally:
+        backend.close()
+    assert cudart.stale_replays == 0
+    assert cudart.instantiated == 2 * 6  # one graph per (slot, batch, plan): {4, 2, 3} on each slot, per plan
+    assert cudart.launches == 2 * (2 * len(sizes) - 6)
+    assert cudart.leaks() == {}
+
+
+def test_capture_failure_falls_back_to_eager_and_says_why(fake, engines, caplog):
+    """Issue 12.1: no eager fallback, and the ``finally: cudaStreamEndCapture`` raised its own error instead of the
+    enqueue's."""
+    _, cudart = fake
+    noise, plan = np.zeros(LATENT, np.float32), engines.plan()
+    backend = backend_trt.TensorRTBackend(engines, "cuda:0")
+    caplog.set_level(logging.WARNING, "runtime.tensorrt")
+    try:
+        cudart.fail_capture = True
+        for images in batches(2, 2, 2, 2):
+            assert_like_onnxruntime(engines, backend.run(images, plan, noise), images, plan, noise)
+        failures = [r.getMessage() for r in caplog.records]
+        assert len(failures) == 2  # once per slot's loop, which stays eager: no capture is tried again
+        assert all("CUDA graph capture failed (denoise_step: execute_async_v3 failed" in m and "eagerly" in m
+                   for m in failures)
+        cudart.fail_capture, cudart.fail_instantiate = False, True
+        caplog.clear()
+        images = batches(3)[0]
+        assert_like_onnxruntime(engines, backend.run(images, plan, noise), images, plan, noise)
+        assert "cudaGraphInstantiate failed: cudaErrorInvalidValue" in caplog.text
+        assert all(stream.capture is None for stream in cudart.streams.values())  # no stream left capturing
+        assert cudart.instantiated == cudart.launches == 0
+    finally:
+        backend.close()
+    assert cudart.leaks() == {}
+
+
+def test_slots_take_turns_and_unused_loops_are_freed(fake, engines):
+    _, cudart = fake
+    noise, plan = np.zeros(LATENT, np.float32), engines.plan()
+    backend = backend_trt.TensorRTBackend(engines, "cuda:0")
+    try:
+        streams = [slot.handle for slot in backend._slots]
+        first, second, third = batches(1, 2, 3)
+        backend.submit(first, plan, noise)
+        backend.submit(second, plan, noise)
+        assert all(cudart.streams[handle].work > 0 for handle in streams) and backend.pending == 2
+        with pytest.raises(RuntimeError, match="busy"):
+            backend.submit(third, plan, noise)
+        assert_like_onnxruntime(engines, backend.collect(), first, plan, noise)
+        backend.submit(third, plan, noise)
+        assert_like_onnxruntime(engines, backend.collect(), second, plan, noise)
+        assert_like_onnxruntime(engines, backend.collect(), third, plan, noise)
+
+        allocated, loops = len(cudart.device_memory), sum(len(slot.loops) for slot in backend._slots)
+        for steps in range(1, 2 * backend_trt.MAX_LOOPS + 5):  # more plans than both slots keep
+            other = ddim_plan(steps, 999)
+            assert_like_onnxruntime(engines, backend.run(first, other, noise), first, other, noise)
+        assert all(len(slot.loops) == backend_trt.MAX_LOOPS for slot in backend._slots)
+        assert len(cudart.executables) == 2 * backend_trt.MAX_LOOPS
+        assert len(cudart.device_memory) - allocated == 2 * backend_trt.MAX_LOOPS - loops  # a step table per loop
+    finally:
+        backend.close()
+    assert cudart.leaks() == {}
+
+
 # ------------------------------------------------------------------------------- needs TensorRT and a GPU
 @pytest.fixture
 def gpu():
@@ -236,7 +479,7 @@ def test_build_compare_and_run(gpu, folder, tmp_path, capsys):
 
     capability = trt_env.compute_capability()
     for name in COMPONENTS:
-        entry = manifest.engines[name]
+        entry = manifest.engine(name, trt.__version__, capability)
         assert entry["file"] == trt_env.engine_filename(name, trt.__version__, capability)
         manifest.check_file(entry)
 

@@ -3,22 +3,27 @@
 One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, noise it on the host with
 :func:`runtime.schedule.q_sample`, upload -> N x ``denoise_step`` -> ``vae_decoder`` -> ``scorer`` -> download.
 
-Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`):
-each has its own CUDA stream, one execution context per engine, device buffers for the largest batch (allocated
-once, shared between engines: the uploaded image feeds both encoders and the scorer, the hint encoder writes where
-the denoiser reads, the decoder where the scorer reads), pinned host buffers and CUDA events for the stage
-timings. The per-step timestep/alpha inputs of a plan go to the device once; the N steps, ping-ponging two latent
-buffers, are captured as one CUDA graph per (batch size, plan) after a first eager run (TensorRT's warm-up before
-capture) and replayed from then on.
+Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`;
+successive batches take turns): each has its own CUDA stream, an execution context per engine, device buffers for
+the largest batch (allocated once, shared between engines: the uploaded image feeds both encoders and the scorer,
+the hint encoder writes where the denoiser reads, the decoder where the scorer reads), pinned host buffers and CUDA
+events for the stage timings.
+
+The N denoising steps of one (batch size, plan) in one slot form a :class:`Loop`: the plan's per-step
+timestep/alpha inputs on the device and a ``denoise_step`` context of its own whose input shapes are set once, so
+the CUDA graph captured after a first eager run (TensorRT's warm-up before capture) always replays against the
+context state it was captured with, whatever batch sizes ran in between. A capture that fails leaves that loop
+running eagerly (logged). A slot keeps its :data:`MAX_LOOPS` most recently used loops and frees the others.
 
 Needs ``tensorrt`` and ``cuda-python``; the module imports without them and the backend says what is missing.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,23 +31,33 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import STAGES, Backend, BackendOutput
-from runtime.backends.tensorrt_env import check_engine, compute_capability, cuda_call, import_cudart, import_tensorrt
+from runtime.backends.tensorrt_env import (
+    cuda_call,
+    cuda_error,
+    find_engine,
+    import_cudart,
+    import_tensorrt,
+    select_device,
+)
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENTS, MANIFEST, Manifest
+from runtime.manifest import COMPONENTS, Manifest
 from runtime.schedule import DDIMPlan, q_sample
 
+log = logging.getLogger("runtime.tensorrt")
+
 SLOTS = 2
+MAX_LOOPS = 8  # captured (batch size, plan) loops a slot keeps; the least recently used beyond this are freed
 ALIGN = 256  # bytes: TensorRT wants every tensor address aligned like this
 FLOAT32 = 4
 SCHEDULE_INPUTS = ("timestep", "alpha_t", "alpha_prev")
-# (component, tensor) -> the slot buffer it reads or writes; the denoiser's x_t / x_prev / schedule inputs and the
-# decoder's latent move with the step and are bound as the loop runs
+# (component, tensor) -> the slot buffer it reads or writes; the denoiser's contexts belong to the loops (its hint
+# is bound when a loop is made, x_t / x_prev / schedule inputs move with the step), the decoder's latent is the
+# loop's output
 BINDINGS = {
     ("vae_encoder", "image"): "image",
     ("vae_encoder", "latent"): "latent",
     ("hint_encoder", "image"): "image",
     ("hint_encoder", "hint"): "hint",
-    ("denoise_step", "hint"): "hint",
     ("vae_decoder", "image"): "reconstruction",
     ("scorer", "image"): "image",
     ("scorer", "reconstruction"): "reconstruction",
@@ -56,7 +71,8 @@ def check_shared_shapes(engines: dict[str, Engine]) -> None:
     """Tensors that share a buffer (``BINDINGS``, and every latent) must have the same per-image shape."""
     groups: dict[str, dict[str, tuple[int, ...]]] = {}
     latents = [("vae_encoder", "latent"), ("denoise_step", "x_t"), ("denoise_step", "x_prev"), ("vae_decoder", "latent")]
-    for (component, tensor), buffer in [*BINDINGS.items(), *((key, "latent") for key in latents)]:
+    shared = [*BINDINGS.items(), (("denoise_step", "hint"), "hint"), *((key, "latent") for key in latents)]
+    for (component, tensor), buffer in shared:
         groups.setdefault(buffer, {})[f"{component}.{tensor}"] = engines[component].shapes[tensor][1:]
     for tensors in groups.values():
         if len(set(tensors.values())) > 1:
@@ -105,29 +121,37 @@ class Memory:
 
 
 class Engine:
-    """A deserialized engine: its I/O names and shapes (batch axis -1) and the largest batch of its profile."""
+    """A deserialized engine: its I/O names and shapes (batch axis -1) and the batch range of its profile."""
 
-    def __init__(self, trt: ModuleType, runtime: Any, path: Path, component: str, spec: dict[str, Any]):
+    def __init__(self, trt: ModuleType, runtime: Any, path: Path, component: str, spec: dict[str, Any],
+                 rebuild: str):
         self.name = component
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ModelFolderError(f"{path}: TensorRT could not deserialize this engine (see its log above)")
+            raise ModelFolderError(f"{path}: TensorRT could not deserialize this engine (see its log above); {rebuild}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         if set(self.inputs) != set(spec["inputs"]) or set(self.outputs) != set(spec["outputs"]):
             raise ModelFolderError(
                 f"{path}: engine tensors {self.inputs} -> {self.outputs}, the manifest lists "
-                f"{list(spec['inputs'])} -> {list(spec['outputs'])} (rebuild it: python -m export.tensorrt)"
+                f"{list(spec['inputs'])} -> {list(spec['outputs'])}; {rebuild}"
             )
         wrong = [n for n in names if self.engine.get_tensor_dtype(n) != trt.float32]
         if wrong:
-            raise ModelFolderError(f"{path}: tensors {wrong} are not float32 (model folder I/O is float32)")
+            raise ModelFolderError(f"{path}: tensors {wrong} are not float32 (model folder I/O is float32); {rebuild}")
         self.shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in names}
         dynamic = [n for n, shape in self.shapes.items() if min(shape[1:], default=0) < 0]
         if dynamic:
-            raise ModelFolderError(f"{path}: tensors {dynamic} have dynamic axes besides the batch axis")
-        self.max_batch = min(self.engine.get_tensor_profile_shape(n, 0)[2][0] for n in self.inputs)
+            raise ModelFolderError(f"{path}: tensors {dynamic} have dynamic axes besides the batch axis; {rebuild}")
+        profiles = {n: [tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0)] for n in self.inputs}
+        smallest = max(lo[0] for lo, _, _ in profiles.values())
+        self.max_batch = min(hi[0] for _, _, hi in profiles.values())
+        if smallest != 1 or self.max_batch < 1:
+            raise ModelFolderError(
+                f"{path}: its optimisation profile runs batches {smallest} to {self.max_batch}; the runtime needs "
+                f"every batch from 1 (a stream's last batch can be short); {rebuild}"
+            )
         self.scratch_bytes = self.engine.device_memory_size_v2  # activation memory, for the largest shapes
         self._user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
 
@@ -164,15 +188,23 @@ class Context:
 
 
 class Loop:
-    """The DDIM steps of one plan at one batch size in one slot: step inputs on the device, one CUDA graph."""
+    """The DDIM steps of one plan at one batch size in one slot: a ``denoise_step`` context whose input shapes are
+    set once (for this batch), the step inputs on the device, and one CUDA graph, or eager enqueues when capturing
+    failed."""
 
     def __init__(self, slot: Slot, plan: DDIMPlan, batch: int):
+        self.slot, self.batch, self.steps = slot, batch, len(plan.timesteps)
+        self.memory = Memory()
+        self.context = slot.engines["denoise_step"].context(slot.scratch, slot.scratch_bytes)
+        self.context.set_batch(batch)
+        self.context.bind("hint", slot.device["hint"])
         table = step_inputs(plan, batch)
-        self.slot, self.batch, self.steps, self.row = slot, batch, len(plan.timesteps), table.shape[1] * FLOAT32
-        self.table, self.host_table = slot.memory.device(table.nbytes), table  # the async copy's source stays alive
+        self.row, self.host_table = table.shape[1] * FLOAT32, table  # the async copy's source stays alive
+        self.table = self.memory.device(table.nbytes)
         kind = slot.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         cuda_call("cudaMemcpyAsync", self.table, table.ctypes.data, table.nbytes, kind, slot.stream)
-        self.graph = None
+        self.graph: Any = None
+        self.eager = False  # capture failed: enqueue the steps every time
 
     @property
     def output(self) -> int:
@@ -180,40 +212,68 @@ class Loop:
         return self.slot.device[f"x{self.steps % 2}"]
 
     def _enqueue(self) -> None:
-        context, latents = self.slot.contexts["denoise_step"], (self.slot.device["x0"], self.slot.device["x1"])
+        latents = (self.slot.device["x0"], self.slot.device["x1"])
         for i in range(self.steps):
-            context.bind("x_t", latents[i % 2])
-            context.bind("x_prev", latents[(i + 1) % 2])
+            self.context.bind("x_t", latents[i % 2])
+            self.context.bind("x_prev", latents[(i + 1) % 2])
             for k, name in enumerate(SCHEDULE_INPUTS):
-                context.bind(name, self.table + (k * self.steps + i) * self.row)
-            context.enqueue(self.slot.handle)
+                self.context.bind(name, self.table + (k * self.steps + i) * self.row)
+            self.context.enqueue(self.slot.handle)
 
     def run(self) -> None:
         """Replay the graph; the first time, run eagerly (the result, and TensorRT's warm-up) and capture it."""
-        cudart, stream = self.slot.cudart, self.slot.stream
         if self.graph is not None:
-            cuda_call("cudaGraphLaunch", self.graph, stream)
+            cuda_call("cudaGraphLaunch", self.graph, self.slot.stream)
             return
-        self.slot.contexts["denoise_step"].set_batch(self.batch)
         self._enqueue()
-        cuda_call("cudaStreamBeginCapture", stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        if not self.eager:
+            self._capture()
+
+    def _capture(self) -> None:
+        """Capture the steps as a graph; when that fails, end the capture, log why and stay eager."""
+        cudart, stream = self.slot.cudart, self.slot.stream
+        try:
+            cuda_call("cudaStreamBeginCapture", stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        except RuntimeError as exc:
+            self._fall_back(str(exc))
+            return
         try:
             self._enqueue()
+            failure = None
+        except RuntimeError as exc:
+            failure = str(exc)
+        err, graph = cudart.cudaStreamEndCapture(stream)  # always ends the capture, whatever failed inside it
+        if err != cudart.cudaError_t.cudaSuccess:
+            self._fall_back(failure or f"cudaStreamEndCapture failed: {cuda_error(err)}")
+            return
+        try:
+            if failure is None:
+                self.graph = cuda_call("cudaGraphInstantiate", graph, 0)
+        except RuntimeError as exc:
+            failure = str(exc)
         finally:
-            graph = cuda_call("cudaStreamEndCapture", stream)
-        self.graph = cuda_call("cudaGraphInstantiate", graph, 0)
-        cuda_call("cudaGraphDestroy", graph)
+            cuda_call("cudaGraphDestroy", graph)
+        if failure is not None:
+            self._fall_back(failure)
+
+    def _fall_back(self, reason: str) -> None:
+        self.eager = True
+        log.warning("denoise_step, batch %d: CUDA graph capture failed (%s); this loop runs eagerly (slower, same "
+                    "results)", self.batch, reason)
 
     def close(self) -> None:
         if self.graph is not None:
             cuda_call("cudaGraphExecDestroy", self.graph)
             self.graph = None
+        self.context = None  # before its engine
+        self.memory.free()
 
 
 class Slot:
     """One pipeline: stream, execution contexts, device and pinned buffers, events, captured loops, current job.
 
-    The slot's engines run one after another on its stream, so their contexts share one activation buffer.
+    The slot's engines run one after another on its stream, so their contexts (the loops' too) share one
+    activation buffer.
     """
 
     def __init__(self, engines: dict[str, Engine], max_batch: int):
@@ -223,9 +283,10 @@ class Slot:
         self.stream = cuda_call("cudaStreamCreateWithFlags", self.cudart.cudaStreamNonBlocking)
         self.handle = int(self.stream)
         self.events = [cuda_call("cudaEventCreateWithFlags", self.cudart.cudaEventBlockingSync) for _ in range(6)]
-        scratch = max(ALIGN, *(engine.scratch_bytes for engine in engines.values()))
-        address = self.memory.device(scratch)
-        self.contexts = {name: engine.context(address, scratch) for name, engine in engines.items()}
+        self.scratch_bytes = max(ALIGN, *(engine.scratch_bytes for engine in engines.values()))
+        self.scratch = self.memory.device(self.scratch_bytes)
+        self.contexts = {name: engines[name].context(self.scratch, self.scratch_bytes)
+                         for name in COMPONENTS if name != "denoise_step"}
         where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
         where |= {"x0": ("denoise_step", "x_t"), "x1": ("denoise_step", "x_t")}
         self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch)) for b, (c, t) in where.items()}
@@ -233,7 +294,7 @@ class Slot:
         self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
         for (component, tensor), buffer in BINDINGS.items():
             self.contexts[component].bind(tensor, self.device[buffer])
-        self.loops: dict[tuple, Loop] = {}
+        self.loops: OrderedDict[tuple, Loop] = OrderedDict()  # least recently used first
         self.job: dict[str, Any] | None = None
 
     def _record(self, event: int) -> None:
@@ -254,9 +315,15 @@ class Slot:
         self.contexts[component].enqueue(self.handle)
 
     def loop(self, plan: DDIMPlan, batch: int) -> Loop:
+        """The loop of ``(batch, plan)``, made on first use; the least recently used beyond :data:`MAX_LOOPS` are
+        freed (no queued work uses them: a slot runs one job at a time)."""
         key = (batch, plan.timesteps.tobytes(), plan.alphas.tobytes(), plan.alphas_prev.tobytes())
-        if key not in self.loops:
+        if key in self.loops:
+            self.loops.move_to_end(key)
+        else:
             self.loops[key] = Loop(self, plan, batch)
+        while len(self.loops) > MAX_LOOPS:
+            self.loops.popitem(last=False)[1].close()
         return self.loops[key]
 
     def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
@@ -305,10 +372,11 @@ class Slot:
         )
 
     def close(self) -> None:
+        self.job = None
         cuda_call("cudaStreamSynchronize", self.stream)
         for loop in self.loops.values():
             loop.close()
-        self.loops, self.contexts = {}, {}
+        self.loops, self.contexts = OrderedDict(), {}
         for event in self.events:
             cuda_call("cudaEventDestroy", event)
         cuda_call("cudaStreamDestroy", self.stream)
@@ -319,20 +387,21 @@ class TensorRTBackend(Backend):
     """The model folder's TensorRT engines (``python -m export.tensorrt``) on one CUDA device."""
 
     name = "tensorrt"
+    slots = SLOTS
 
     def __init__(self, manifest: Manifest, device: str = "cuda", verify: bool = True):
         super().__init__(manifest, device)
         trt = import_tensorrt()
         self.index = device_index(device)
-        capability = compute_capability(self.index)
-        cuda_call("cudaSetDevice", self.index)
+        capability = select_device(self.index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engines = {
-            name: Engine(trt, self._runtime, self._engine_path(trt.__version__, name, capability, verify), name,
-                         manifest.component(name))
-            for name in COMPONENTS
-        }
+        rebuild = f"rebuild it: python -m export.tensorrt --model {manifest.root} --device {self.index}"
+        self.engines = {}
+        for name in COMPONENTS:
+            entry = find_engine(manifest, name, trt.__version__, capability, self.index)
+            path = manifest.check_file(entry, verify)
+            self.engines[name] = Engine(trt, self._runtime, path, name, manifest.component(name), rebuild)
         check_shared_shapes(self.engines)
         self.max_batch = min(engine.max_batch for engine in self.engines.values())
         self.image_shape = self.engines["vae_encoder"].shapes["image"][1:]
@@ -340,17 +409,6 @@ class TensorRTBackend(Backend):
         self._slots = [Slot(self.engines, self.max_batch) for _ in range(SLOTS)]
         self._jobs: deque[Slot] = deque()
         self._next = 0
-
-    def _engine_path(self, trt_version: str, component: str, capability: str, verify: bool) -> Path:
-        root = self.manifest.root
-        entry = self.manifest.engines.get(component)
-        if entry is None:
-            raise ModelFolderError(
-                f"{root / MANIFEST}: no TensorRT engine for {component}; build them: python -m export.tensorrt "
-                f"--model {root}"
-            )
-        check_engine(entry, trt_version, capability, root)
-        return self.manifest.check_file(entry, verify)
 
     @property
     def pending(self) -> int:
@@ -360,7 +418,7 @@ class TensorRTBackend(Backend):
     def submit(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> None:
-        """Start a batch of at most ``max_batch`` images on the next pipeline slot.
+        """Start a batch of at most ``max_batch`` images on the next pipeline slot (they take turns).
 
         Returns once its encoders have run and the rest is queued on the slot's stream, so a caller can prepare
         and submit the next batch while this one computes. At most two batches are in flight.
@@ -371,7 +429,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"noise {noise.shape}: expected {self.latent_shape} or (B, *{self.latent_shape})")
         if len(self._jobs) == SLOTS:
             raise RuntimeError("both pipeline slots are busy: collect() a result before submitting more")
-        cuda_call("cudaSetDevice", self.index)
+        cuda_call("cudaSetDevice", self.index)  # the device is current per thread
         slot = self._slots[self._next]
         self._next = (self._next + 1) % SLOTS
         slot.start(images, plan, noise, keep_reconstruction)
@@ -391,20 +449,21 @@ class TensorRTBackend(Backend):
             raise RuntimeError("run() while submitted batches are pending: collect() them first")
         if len(images) == 0:
             raise ValueError("run() needs at least one image")
-        self._next = 0  # the same chunks land on the same slots every call and replay their captured loops
         parts = []
         for start in range(0, len(images), self.max_batch):
             chunk = slice(start, start + self.max_batch)
-            self.submit(images[chunk], plan, noise[chunk] if noise.ndim == 4 else noise, keep_reconstruction)
             if len(self._jobs) == SLOTS:
                 parts.append(self.collect())
+            self.submit(images[chunk], plan, noise[chunk] if noise.ndim == 4 else noise, keep_reconstruction)
         while self._jobs:
             parts.append(self.collect())
         return BackendOutput.concat(parts)
 
     def close(self) -> None:
-        while self._jobs:
-            self.collect()
+        """Drop uncollected batches and free the slots, then the engines."""
+        self._jobs.clear()
+        if self._slots:
+            cuda_call("cudaSetDevice", self.index)
         for slot in self._slots:
             slot.close()
         self._slots, self.engines = [], {}  # contexts (dropped by the slots) before engines, engines before runtime

@@ -1,13 +1,15 @@
 """What the TensorRT backend and the engine builder share: lazy imports of TensorRT and cuda-python with
-install hints, checked cudart calls, the GPU's compute capability, and the engine file contract (an engine runs
-only on the TensorRT version and GPU architecture it was built for)."""
+install hints, checked cudart calls, selecting a GPU, and the engine file contract (an engine runs only on the
+TensorRT version and GPU architecture it was built for)."""
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from importlib import metadata
 from types import ModuleType
 from typing import Any
 
 from runtime.errors import BackendError, ModelFolderError
+from runtime.manifest import MANIFEST, Manifest
 
 INSTALL_TENSORRT = (
     "TensorRT's Python bindings are not installed. On a dGPU: `pip install tensorrt` (CUDA 13; `tensorrt-cu12` for "
@@ -15,7 +17,9 @@ INSTALL_TENSORRT = (
     "find them). On Jetson (JetPack 6, TensorRT 10.3): `sudo apt install python3-libnvinfer` and use a venv "
     "created with --system-site-packages"
 )
-INSTALL_CUDA_PYTHON = "cuda-python is not installed: `pip install cuda-python` (12.x for CUDA 12 / JetPack 6)"
+INSTALL_CUDA_PYTHON = "`pip install cuda-python` (12.x for CUDA 12 / JetPack 6)"
+CUDART_MODULES = ("cuda.bindings.runtime", "cuda.cudart")  # cuda-python >= 12.6, then the layout before it
+CUDA_PYTHON_DISTRIBUTIONS = ("cuda-python", "cuda-bindings")
 
 
 class TensorRTUnavailableError(BackendError):
@@ -32,12 +36,25 @@ def import_tensorrt() -> ModuleType:
 
 
 def import_cudart() -> ModuleType:
-    """cuda-python's runtime API module, or a :class:`TensorRTUnavailableError`."""
+    """cuda-python's runtime API module: ``cuda.bindings.runtime``, else the older ``cuda.cudart`` (cuda-python
+    before 12.6, e.g. on JetPack 6); a :class:`TensorRTUnavailableError` saying what is installed otherwise."""
+    failures = []
+    for name in CUDART_MODULES:
+        try:
+            return importlib.import_module(name)
+        except (ImportError, OSError) as exc:  # OSError: the bindings are there but libcudart is not
+            failures.append(f"{name}: {exc}")
+    installed = [f"{dist} {version}" for dist in CUDA_PYTHON_DISTRIBUTIONS if (version := _version(dist))]
+    state = (f"{', '.join(installed)} is installed but its runtime module does not import" if installed
+             else "cuda-python is not installed")
+    raise TensorRTUnavailableError(f"{state} ({'; '.join(failures)}): {INSTALL_CUDA_PYTHON}")
+
+
+def _version(distribution: str) -> str | None:
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        raise TensorRTUnavailableError(f"{INSTALL_CUDA_PYTHON} ({exc})") from None
-    return cudart
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def cuda_call(call: str, *args: Any) -> Any:
@@ -45,8 +62,13 @@ def cuda_call(call: str, *args: Any) -> Any:
     cudart = import_cudart()
     err, *result = getattr(cudart, call)(*args)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"{call} failed: {err.name} ({cudart.cudaGetErrorString(err)[1].decode()})")
+        raise RuntimeError(f"{call} failed: {cuda_error(err)}")
     return result[0] if len(result) == 1 else tuple(result) or None
+
+
+def cuda_error(err: Any) -> str:
+    """``name (description)`` of a cudart error code."""
+    return f"{err.name} ({import_cudart().cudaGetErrorString(err)[1].decode()})"
 
 
 def compute_capability(device: int = 0) -> str:
@@ -57,9 +79,20 @@ def compute_capability(device: int = 0) -> str:
         reason = "no CUDA device found" if err == cudart.cudaError_t.cudaSuccess else err.name
         raise TensorRTUnavailableError(f"TensorRT needs an NVIDIA GPU with a working driver: {reason}")
     if not 0 <= device < count:
-        raise TensorRTUnavailableError(f"CUDA device {device} does not exist ({count} device(s) found)")
+        raise TensorRTUnavailableError(
+            f"CUDA device {device} does not exist: this machine has {count} (0 to {count - 1}); choose one with "
+            "--device (nvidia-smi lists them)"
+        )
     props = cuda_call("cudaGetDeviceProperties", device)
     return f"{props.major}.{props.minor}"
+
+
+def select_device(device: int) -> str:
+    """Make CUDA device ``device`` current for the calling thread (TensorRT builds, deserializes and runs on the
+    current device) and return its compute capability."""
+    capability = compute_capability(device)
+    cuda_call("cudaSetDevice", device)
+    return capability
 
 
 def engine_filename(component: str, trt_version: str, capability: str) -> str:
@@ -67,13 +100,17 @@ def engine_filename(component: str, trt_version: str, capability: str) -> str:
     return f"{component}.trt{trt_version}.sm{capability.replace('.', '')}.engine"
 
 
-def check_engine(entry: dict[str, Any], trt_version: str, capability: str, root: str | Path = "MODEL_DIR") -> None:
-    """Refuse an engine built for another TensorRT version or GPU architecture (``capability`` "major.minor")."""
-    built = (entry["tensorrt"], entry["compute_capability"])
-    if built == (trt_version, capability):
-        return
+def find_engine(manifest: Manifest, component: str, trt_version: str, capability: str, device: int) -> dict[str, Any]:
+    """``component``'s engine entry for this TensorRT version and GPU architecture; a :class:`ModelFolderError`
+    naming the targets the folder has engines for, and the command that builds one here, when there is none."""
+    entry = manifest.engine(component, trt_version, capability)
+    if entry is not None:
+        return entry
+    built = [f"{e['file']} (TensorRT {e['tensorrt']}, compute capability {e['compute_capability']})"
+             for e in manifest.engines.get(component, [])]
+    have = f"it has {', '.join(built)}, and engines only run where they were built" if built else "it has none"
     raise ModelFolderError(
-        f"{Path(root) / entry['file']}: built with TensorRT {built[0]} for compute capability {built[1]}, but this "
-        f"machine runs TensorRT {trt_version} on a compute capability {capability} GPU; engines only run where "
-        f"they were built. Rebuild them here: python -m export.tensorrt --model {root}"
+        f"{manifest.root / MANIFEST}: no {component} engine for TensorRT {trt_version} on compute capability "
+        f"{capability} (CUDA device {device}); {have}. Build them here: python -m export.tensorrt --model "
+        f"{manifest.root} --device {device}"
     )
