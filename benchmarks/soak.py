@@ -40,7 +40,7 @@ class Monitor:
         if "error" in record:
             self.errors += 1
         else:
-            self.window.append(record["latency_ms"]["total"])
+            self.window.append(record["latency_ms"]["capture_to_verdict"])
         if self.frames % self.every == 0:
             self._report()
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from runtime import metrics
+from runtime.backends.base import BackendOutput
 from runtime.cli import run_cli
 from runtime.detector import BACKENDS, Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
@@ -266,7 +267,8 @@ def score_images(
     """Raw scores and maps of ``images`` (and their masks at the model resolution: zeros for normal images).
 
     Unreadable images or masks, and those over the detector's limits, are skipped and listed;
-    :class:`DatasetLayoutError` if none is readable.
+    :class:`DatasetLayoutError` if none is readable. The next batch is read and pre-processed while the backend's
+    pipeline slots compute the ones before it.
     """
     step = batch_size or detector.manifest.max_batch
     kept: list[LabelledImage] = []
@@ -289,10 +291,12 @@ def score_images(
                 if mask is not None:
                     masks.append(mask)
             if frames:
-                out = detector.run(detector.preprocess(frames))
-                scores.append(np.asarray(out.score, np.float32))
-                maps.append(np.asarray(out.anomaly_map, np.float32))
+                if detector.pending >= detector.slots:
+                    _keep(detector.collect(), scores, maps)
+                detector.submit(detector.preprocess(frames))
             bar.update(len(images[start : start + step]))
+        while detector.pending:
+            _keep(detector.collect(), scores, maps)
     finally:
         bar.close()
     if not kept:
@@ -300,6 +304,11 @@ def score_images(
         raise DatasetLayoutError(f"{where}: none of the {len(images)} image files could be read; first: {skipped[0]}")
     return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None,
                      skipped)
+
+
+def _keep(out: BackendOutput, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:
+    scores.append(np.asarray(out.score, np.float32))
+    maps.append(np.asarray(out.anomaly_map, np.float32))
 
 
 # -------------------------------------------------------------------------------------------------- calibrate

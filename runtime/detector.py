@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ class Detector:
             ) from None
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
         self.backend = make_backend(self.manifest, backend, device)
+        self._chunks: deque[int] = deque()  # per submitted batch, its chunks
+        self._collected: deque[BackendOutput] = deque()  # chunks collected ahead of their batch
         self.thresholds = self.manifest.thresholds
         calibrated_plan = self.thresholds.details.get("plan")
         ours = {"steps": len(self.plan.timesteps), "start_t": int(self.plan.start_t)}
@@ -104,13 +107,43 @@ class Detector:
         """RGB uint8 frames of any size to the model's float32 ``(B, 3, S, S)`` input."""
         return np.stack([self.prepare(image, f"images[{k}]") for k, image in enumerate(images)])
 
+    @property
+    def slots(self) -> int:
+        """Batches the backend computes at once (TensorRT: 2); more in flight only wait their turn."""
+        return self.backend.slots
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet collected."""
+        return len(self._chunks)
+
+    def submit(self, batch: np.ndarray, keep_reconstruction: bool = False) -> None:
+        """Start scoring pre-processed images, in chunks of at most the backend's ``max_batch``, through the
+        backend's pipeline slots; :meth:`collect` returns the outputs, batches in submission order. When every
+        slot is busy, the oldest chunk is collected first."""
+        step = self.backend.max_batch
+        chunks = range(0, len(batch), step)
+        for i in chunks:
+            if self.backend.pending >= self.backend.slots:
+                self._collected.append(self.backend.collect())
+            self.backend.submit(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
+        self._chunks.append(len(chunks))
+
+    def collect(self) -> BackendOutput:
+        """Raw outputs of the oldest submitted batch (waits for it)."""
+        if not self._chunks:
+            raise RuntimeError("collect() without a submitted batch")
+        count = self._chunks.popleft()
+        while len(self._collected) < count:
+            self._collected.append(self.backend.collect())
+        return BackendOutput.concat([self._collected.popleft() for _ in range(count)])
+
     def run(self, batch: np.ndarray, keep_reconstruction: bool = False) -> BackendOutput:
-        """Raw outputs for pre-processed images, in chunks of at most the manifest's ``max_batch``."""
-        step = self.manifest.max_batch
-        return BackendOutput.concat([
-            self.backend.run(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
-            for i in range(0, len(batch), step)
-        ])
+        """Raw outputs for pre-processed images (:meth:`submit`, then :meth:`collect`)."""
+        if self._chunks:
+            raise RuntimeError("run() while submitted batches are pending: collect() them first")
+        self.submit(batch, keep_reconstruction)
+        return self.collect()
 
     def predict(
         self, images: np.ndarray | Sequence[np.ndarray], keep_reconstruction: bool = False
@@ -132,11 +165,15 @@ class Detector:
               keep_reconstruction: bool = False) -> list[Prediction]:
         """Predictions for a pre-processed ``(B, 3, S, S)`` batch (:meth:`prepare`); ``preprocess_seconds``: the
         time its pre-processing took, shared out like the other stages."""
-        out = self.run(batch, keep_reconstruction)
+        return self.predictions(self.run(batch, keep_reconstruction), preprocess_seconds)
+
+    def predictions(self, out: BackendOutput, preprocess_seconds: float = 0.0) -> list[Prediction]:
+        """One :class:`Prediction` per image of a batch's raw outputs (:meth:`collect`)."""
+        batch = len(out.score)
         seconds = {"preprocess": preprocess_seconds, **out.seconds}
-        share = {k: v / len(batch) for k, v in seconds.items()}
+        share = {k: v / batch for k, v in seconds.items()}
         share["total"] = sum(share.values())
-        return [self._prediction(out, k, share) for k in range(len(batch))]
+        return [self._prediction(out, k, share) for k in range(batch)]
 
     def _prediction(self, out: BackendOutput, k: int, seconds: dict[str, float]) -> Prediction:
         score, raw = float(out.score[k]), out.anomaly_map[k]

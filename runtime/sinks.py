@@ -178,8 +178,12 @@ def annotate(
     return label(out, text, colour or VERDICT_COLOURS.get(verdict.lower(), OTHER_COLOUR))
 
 
+PARTS = ("prepare", "batch_wait", "model", "output")  # a frame's time from capture to verdict, in order
+
+
 class LatencyStats:
-    """Per-frame latencies and counts, summarised as p50/p95 latency and throughput.
+    """Per-frame latencies (capture to verdict, and its :data:`PARTS`) and counts, summarised as p50/p95 latency,
+    the parts' p50 and throughput.
 
     ``fps`` is the frames processed (errors included) per second of wall time from creation to the last frame.
     Set :attr:`dropped` from the reader that drops frames.
@@ -189,12 +193,15 @@ class LatencyStats:
         self._clock = clock
         self._start = self._last = clock()
         self.latencies: list[float] = []
+        self.parts: dict[str, list[float]] = {part: [] for part in PARTS}
         self.errors = 0
         self.dropped = 0
 
-    def add(self, latency: float) -> None:
-        """One frame processed in ``latency`` seconds."""
+    def add(self, latency: float, parts: dict[str, float] | None = None) -> None:
+        """One frame processed in ``latency`` seconds, of which ``parts`` (seconds per :data:`PARTS` name)."""
         self.latencies.append(float(latency))
+        for part, seconds in (parts or {}).items():
+            self.parts[part].append(float(seconds))
         self._last = self._clock()
 
     def add_error(self) -> None:
@@ -203,8 +210,8 @@ class LatencyStats:
         self._last = self._clock()
 
     def summary(self) -> dict:
-        """``frames``, ``errors``, ``dropped``, ``elapsed_s``, ``fps``, ``p50_ms``, ``p95_ms``, ``mean_ms``
-        (latencies None before the first frame)."""
+        """``frames``, ``errors``, ``dropped``, ``elapsed_s``, ``fps``, ``p50_ms``, ``p95_ms``, ``mean_ms`` (latencies
+        None before the first frame) and ``parts_p50_ms`` (each part's p50, for the parts given)."""
         frames = len(self.latencies) + self.errors
         elapsed = self._last - self._start
         ms = np.asarray(self.latencies) * 1000.0
@@ -218,6 +225,8 @@ class LatencyStats:
             "p50_ms": p50,
             "p95_ms": p95,
             "mean_ms": float(ms.mean()) if ms.size else None,
+            "parts_p50_ms": {part: float(np.percentile(values, 50)) * 1000.0
+                             for part, values in self.parts.items() if values},
         }
 
 
@@ -229,4 +238,10 @@ def format_summary(summary: dict) -> str:
     )
     if summary["p50_ms"] is None:
         return line
-    return f"{line}; latency p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms, mean {summary['mean_ms']:.1f} ms"
+    line += (f"; latency p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms, "
+             f"mean {summary['mean_ms']:.1f} ms")
+    parts = summary.get("parts_p50_ms")
+    if parts:
+        named = ", ".join(f"{part.replace('_', ' ')} {ms:.1f}" for part, ms in parts.items())
+        line += f" capture to verdict (p50 ms: {named})"
+    return line

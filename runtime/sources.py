@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +53,7 @@ class Frame:
     class_name: str | None = None
     name: str | None = None  # file name for folder sources
     defect: str | None = None  # defect type when known ("good" for a normal synthetic part)
+    clock: float = field(default_factory=time.perf_counter)  # perf_counter() at capture, for latencies
 
 
 class Capture(Protocol):

@@ -6,25 +6,34 @@
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
 drops stale frames (counted) instead of falling behind, and a lost stream reconnects with backoff. Files, folders
-and the synthetic feed are scored frame by frame (or ``--batch`` at a time). Every frame gives one record: a verdict,
-or an error when it cannot be read or decoded, is over a limit (``--max-pixels``, ``--max-side``, ``--max-file-mb``)
-or fails pre-processing, and the stream goes on. Only the model or an output failing, or a live source lost for
-good, stops it early (status 1, with the summary). SIGINT / SIGTERM finish the frames in flight, close the outputs
-and print the summary (status 0).
+and the synthetic feed are scored frame by frame (or ``--batch`` at a time). The stream is a pipeline of three
+threads: while the model scores batch N, the next batch is captured, decoded and pre-processed and the one before
+is annotated and written (ONNX Runtime releases the GIL; TensorRT computes on its own streams, two batches in
+flight). Every frame gives one record, in order: a verdict, or an error when it cannot be read or decoded, is over
+a limit (``--max-pixels``, ``--max-side``, ``--max-file-mb``) or fails pre-processing, and the stream goes on. Only
+the model or an output failing, or a live source lost for good, stops it early (status 1, with the summary; frames
+already taken get error records). SIGINT / SIGTERM finish the frames in flight, close the outputs and print the
+summary (status 0).
 
 A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
 ``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
 either ``score`` (raw), ``pred_score`` (0.5 = the calibrated threshold), ``label`` (null when the model folder is
-uncalibrated) and ``latency_ms`` (``preprocess encode steps decode score`` and the frame's ``total``), or ``error``.
+uncalibrated), ``latency_ms`` and ``stage_ms``, or ``error``. ``latency_ms`` is the frame's own time line:
+``capture_to_verdict``, the sum of ``prepare`` (capture to pre-processed), ``batch_wait`` (until its batch went to
+the model: filling the batch and waiting for the model), ``model`` (its batch in the model) and ``output``
+(annotating and writing it and the frames before it in its batch). ``stage_ms`` is what the frame cost:
+its ``preprocess`` and its share of its batch's ``encode steps decode score``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +51,7 @@ from runtime.limits import Limits
 from runtime.metrics import auroc
 from runtime.sinks import (
     OTHER_COLOUR,
+    PARTS,
     VERDICT_COLOURS,
     FrameSink,
     JsonlSink,
@@ -124,15 +134,17 @@ def _verdict(prediction: Prediction) -> str | None:
     return None if prediction.pred_label is None else LABELS[bool(prediction.pred_label)]
 
 
-def prediction_record(frame: Frame, prediction: Prediction, total_s: float, time_format: str = "iso") -> dict:
-    """A scored frame: raw ``score``, ``pred_score`` / ``label`` (None uncalibrated) and stage latencies in ms."""
-    stages = {stage: s * 1000.0 for stage, s in prediction.seconds.items() if stage != "total"}
+def prediction_record(frame: Frame, prediction: Prediction, latency: dict[str, float], stages: dict[str, float],
+                      time_format: str = "iso") -> dict:
+    """A scored frame: raw ``score``, ``pred_score`` / ``label`` (None uncalibrated), its time line ``latency``
+    and its ``stages`` cost (seconds, written in ms)."""
     return {
         **_base_record(frame, time_format),
         "score": prediction.score,
         "pred_score": prediction.pred_score,
         "label": _verdict(prediction),
-        "latency_ms": {**stages, "total": total_s * 1000.0},
+        "latency_ms": {key: value * 1000.0 for key, value in latency.items()},
+        "stage_ms": {key: value * 1000.0 for key, value in stages.items()},
     }
 
 
@@ -214,11 +226,32 @@ def _relay_stop(stop_event: threading.Event, source: Source, finished: threading
 @dataclass
 class _Item:
     """A frame taken from the source, pre-processed at once (``tensor``, and ``seconds`` it took) or failed
-    (``frame.error``); its pixels are dropped, or kept at display size for the frame sinks."""
+    (``frame.error``); its pixels are dropped, or kept at display size for the frame sinks. ``prepared``:
+    perf_counter() once pre-processed; ``prediction`` once scored."""
 
     frame: Frame
     tensor: np.ndarray | None = None
     seconds: float = 0.0
+    prepared: float = 0.0
+    prediction: Prediction | None = None
+
+
+@dataclass
+class _Batch:
+    """Frames scored together; ``submitted`` / ``collected``: perf_counter() when handed to the model and back."""
+
+    items: list[_Item]
+    submitted: float | None = None
+    collected: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # the model's stage seconds for the batch
+
+    def ready(self) -> list[_Item]:
+        return [item for item in self.items if item.tensor is not None]
+
+    def refuse(self, error: str) -> None:
+        """The frames still to score get ``error`` instead."""
+        for item in self.ready():
+            item.frame.error, item.tensor = error, None
 
 
 def _take(detector: Detector, frame: Frame, keep_picture: bool) -> _Item:
@@ -238,6 +271,7 @@ def _take(detector: Detector, frame: Frame, keep_picture: bool) -> _Item:
         item.seconds = time.perf_counter() - start
     if frame.error is not None:
         item.tensor, frame.image = None, None
+    item.prepared = time.perf_counter()
     return item
 
 
@@ -252,44 +286,217 @@ def _picture(frame: Frame, prediction: Prediction | None) -> np.ndarray:
         return error_card(frame)
 
 
-class _Run:
-    """One stream's outputs and counts: batches of :class:`_Item` in, one record per frame out."""
+class _Pipeline:
+    """The stream's first two stages, each in a thread: the reader takes frames (at most ``frames``) and
+    pre-processes them into batches of ``size``; the scorer hands each batch to the model (up to the detector's
+    slots in flight) and passes it on, scored, in order. :meth:`next_batch` gives them to the writer.
 
-    def __init__(self, detector: Detector, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink],
-                 time_format: str) -> None:
-        self.detector, self.records, self.frame_sinks, self.time_format = detector, records, frame_sinks, time_format
+    The reader works one batch ahead: it starts a batch once the scorer took the one before (a finite source: it
+    is prepared while that one runs), or for a live source once the scorer submitted it (so the frame it takes is
+    the newest when the model is free, not one that aged while the model ran).
+
+    :meth:`halt` stops taking frames; what was taken is still scored (a model failure turns it into error records).
+    :meth:`close` abandons what is in flight (the writer is gone) and waits for both threads.
+    """
+
+    def __init__(self, detector: Detector, source: Source, size: int, frames: int | None,
+                 stop_event: threading.Event | None, keep_pictures: bool) -> None:
+        self.detector, self.source, self.size, self.frames = detector, source, size, frames
+        self.stop_event, self.keep_pictures = stop_event, keep_pictures
+        self.live = LatestFrameReader(source) if source.live else None
+        self.prepared: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        self.scored: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        self.halted, self.abandoned = threading.Event(), threading.Event()
+        self._room = threading.Semaphore(1)  # the reader may start a batch
+        self.reason = "end of source"  # why the reader stopped
+        self.failure: str | None = None  # the model's, once it failed
+        self.taken = self.dropped = 0
+        self._threads = [threading.Thread(target=self._read, name="stream reader", daemon=True),
+                         threading.Thread(target=self._score, name="stream scorer", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    # -------------------------------------------------------------------------------- reader thread
+    def _stop_requested(self) -> bool:
+        return self.halted.is_set() or (self.stop_event is not None and self.stop_event.is_set())
+
+    def _read(self) -> None:
+        frames_in: Iterator[Frame] = self.live if self.live is not None else self.source
+        batch: list[_Item] = []
+        try:
+            while True:
+                if self.frames is not None and self.taken >= self.frames:
+                    self.reason = "frame limit"
+                    break
+                if self._stop_requested():
+                    self.reason = "stop requested"
+                    break
+                if not batch and not self._wait_for_room():
+                    self.reason = "stop requested"
+                    break
+                try:
+                    frame = next(frames_in)
+                except StopIteration:
+                    self.reason = "stop requested" if self._stop_requested() else "end of source"
+                    break
+                except Exception as exc:  # noqa: BLE001 (SourceError, or a source that broke: it cannot go on)
+                    log.error("%s", exc)
+                    self.reason = f"source lost: {exc}"
+                    break
+                self.taken += 1
+                batch.append(_take(self.detector, frame, self.keep_pictures))
+                if len(batch) == self.size:
+                    if not self._put(self.prepared, _Batch(batch)):
+                        return
+                    batch = []
+        finally:
+            try:
+                self._close_source()
+            except Exception as exc:  # noqa: BLE001 (the frames taken are still scored and written)
+                log.warning("%s: closing the source failed (%s: %s)", self.source.name, type(exc).__name__, exc)
+            if batch:
+                self._put(self.prepared, _Batch(batch))
+            self._put(self.prepared, None)
+
+    def _wait_for_room(self) -> bool:
+        """Wait until the reader may start a batch; False when the stream stops meanwhile."""
+        while not self._room.acquire(timeout=STOP_POLL_S):
+            if self._stop_requested() or self.abandoned.is_set():
+                return False
+        return True
+
+    def _close_source(self) -> None:
+        if self.live is not None:
+            self.live.close()
+            self.dropped = self.live.received - self.taken
+        else:
+            self.source.close()
+
+    # -------------------------------------------------------------------------------- scorer thread
+    def _score(self) -> None:
+        inflight: deque[_Batch] = deque()
+        more = True
+        while more or inflight:
+            if more and not (inflight and self._collect_now(inflight[0])):
+                batch = self._get(self.prepared)
+                if batch is None:
+                    more = False
+                    continue
+                if self.live is None:
+                    self._room.release()
+                self._submit(batch)
+                if self.live is not None:
+                    self._room.release()
+                inflight.append(batch)
+                continue
+            batch = inflight.popleft()
+            self._collect(batch)
+            if not self._put(self.scored, batch):
+                return
+        self._put(self.scored, None)
+
+    def _collect_now(self, oldest: _Batch) -> bool:
+        """Whether to wait for the oldest batch rather than submit another first: it was not submitted, every
+        slot is busy, or no next batch is ready to overlap with."""
+        return oldest.submitted is None or self.detector.pending >= self.detector.slots or self.prepared.empty()
+
+    def _submit(self, batch: _Batch) -> None:
+        ready = batch.ready()
+        if self.failure is not None:
+            batch.refuse(f"not scored: the stream stopped after {self.failure}")
+        elif ready:
+            batch.submitted = time.perf_counter()
+            try:
+                self.detector.submit(np.stack([item.tensor for item in ready]))
+            except Exception as exc:  # noqa: BLE001 (a failure of the model itself stops the run, with a summary)
+                self._fail(batch, exc)
+
+    def _collect(self, batch: _Batch) -> None:
+        if batch.submitted is None or not batch.ready():
+            return
+        if self.failure is not None:  # submitted before the failure: the detector is not asked again
+            batch.refuse(f"not scored: the stream stopped after {self.failure}")
+            return
+        try:
+            out = self.detector.collect()
+        except Exception as exc:  # noqa: BLE001 (as in _submit)
+            self._fail(batch, exc)
+            return
+        batch.collected, batch.seconds = time.perf_counter(), out.seconds
+        for item, prediction in zip(batch.ready(), self.detector.predictions(out), strict=True):
+            item.prediction = prediction
+
+    def _fail(self, batch: _Batch, exc: Exception) -> None:
+        self.failure = f"model failed: {type(exc).__name__}: {exc}"
+        log.error("%s", self.failure)
+        batch.refuse(self.failure)
+        self.halt()
+
+    # ------------------------------------------------------------------------------------- plumbing
+    def _put(self, where: queue.Queue, batch: _Batch | None) -> bool:
+        """Queue ``batch`` unless the pipeline is abandoned meanwhile (then False)."""
+        while not self.abandoned.is_set():
+            try:
+                where.put(batch, timeout=STOP_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, where: queue.Queue) -> _Batch | None:
+        """The next batch; None at the end or once abandoned."""
+        while not self.abandoned.is_set():
+            try:
+                return where.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                continue
+        return None
+
+    def next_batch(self) -> _Batch | None:
+        """The next scored batch, in order; None when all are through."""
+        while True:
+            try:
+                return self.scored.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                if not self._threads[1].is_alive() and self.scored.empty():
+                    return None
+
+    def halt(self) -> None:
+        """Take no more frames (a live source's reconnect wait ends too)."""
+        self.halted.set()
+        self.source.stop()
+
+    def close(self) -> None:
+        self.abandoned.set()
+        self.halt()
+        for thread in self._threads:
+            thread.join()
+
+
+class _Run:
+    """One stream's outputs and counts: a record per frame of each scored batch, and its picture."""
+
+    def __init__(self, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink], time_format: str) -> None:
+        self.records, self.frame_sinks, self.time_format = records, frame_sinks, time_format
         self.stats, self.truth = LatencyStats(), _Truth()
 
-    def flush(self, items: Sequence[_Item]) -> str | None:
-        """Score ``items`` (the readable ones in one batch) and write a record per frame, in order. Returns why
-        the stream must stop: ``viewer quit``, ``model failed: ...`` (the batch's frames got error records) or
-        ``output failed: ...``; None to go on. A frame's latency: its batch's pre-processing and the time from
-        the batch's start to its record."""
-        start = time.perf_counter()
-        ready = [item for item in items if item.tensor is not None]
-        prepared = sum(item.seconds for item in ready)
-        predictions: dict[int, Prediction] = {}
-        failure = None
-        if ready:
-            try:
-                scored = self.detector.score(np.stack([item.tensor for item in ready]), prepared)
-                predictions = dict(zip(map(id, ready), scored))
-            except Exception as exc:  # noqa: BLE001 (a failure of the model itself stops the run, with a summary)
-                failure = f"model failed: {type(exc).__name__}: {exc}"
-                log.error("%s", failure)
-                for item in ready:
-                    item.frame.error = failure
+    def write(self, batch: _Batch) -> str | None:
+        """Write a record (and a picture) per frame of ``batch``, in order. Returns why the stream must stop:
+        ``viewer quit`` or ``output failed: ...``; None to go on."""
         quit_ = False
-        for item in items:
-            frame, prediction = item.frame, predictions.get(id(item))
-            if prediction is None:
-                record, latency = error_record(frame, self.time_format), None
-            else:
-                latency = prepared + time.perf_counter() - start
-                record = prediction_record(frame, prediction, latency, self.time_format)
+        count = len(batch.ready()) if batch.collected is not None else 0
+        share = {stage: seconds / count for stage, seconds in batch.seconds.items()} if count else {}
+        for item in batch.items:
+            frame, prediction = item.frame, item.prediction
             try:
                 if self.frame_sinks:
                     quit_ = _write_frames(self.frame_sinks, _picture(frame, prediction)) or quit_
+                if prediction is None:
+                    record, latency = error_record(frame, self.time_format), None
+                else:
+                    latency = _latency(item, batch, time.perf_counter())
+                    record = prediction_record(frame, prediction, latency, {"preprocess": item.seconds, **share},
+                                               self.time_format)
                 for sink in self.records:
                     sink.write(record)
             except BrokenPipeError:
@@ -301,9 +508,20 @@ class _Run:
                 log.warning("frame %d: %s", frame.index, record["error"])
                 self.stats.add_error()
             else:
-                self.stats.add(latency)
+                self.stats.add(latency["capture_to_verdict"], {k: v for k, v in latency.items() if k in PARTS})
                 self.truth.add(frame, prediction)
-        return failure or ("viewer quit" if quit_ else None)
+        return "viewer quit" if quit_ else None
+
+
+def _latency(item: _Item, batch: _Batch, now: float) -> dict[str, float]:
+    """A scored frame's time line in seconds: ``capture_to_verdict`` and its :data:`PARTS`, which sum to it."""
+    return {
+        "capture_to_verdict": now - item.frame.clock,
+        "prepare": item.prepared - item.frame.clock,
+        "batch_wait": batch.submitted - item.prepared,
+        "model": batch.collected - batch.submitted,
+        "output": now - batch.collected,
+    }
 
 
 def _write_frames(frame_sinks: Sequence[FrameSink], image: np.ndarray) -> bool:
@@ -325,62 +543,45 @@ def stream(
     time_format: str = "iso",
     batch: int = 1,
 ) -> dict:
-    """Score ``source`` frame by frame (a live one through a :class:`LatestFrameReader`) into ``records`` and
-    annotated ``frame_sinks`` until it ends, ``frames`` records were written, ``stop_event`` is set or a window
-    viewer quits; the frames in flight are always finished. The source is closed on return; the sinks are not.
-    ``batch`` > 1 scores a finite source's frames in batches (more throughput, each frame waits for its batch);
-    a live source is always scored frame by frame, newest first.
+    """Score ``source`` (a live one through a :class:`LatestFrameReader`) into ``records`` and annotated
+    ``frame_sinks`` until it ends, ``frames`` frames were taken, ``stop_event`` is set or a window viewer quits;
+    the frames in flight are always finished. The source is closed on return; the sinks are not. ``batch`` > 1
+    scores a finite source's frames in batches (more throughput, each frame waits for its batch); a live source is
+    always scored frame by frame, newest first. Capture and pre-processing, the model, and the outputs run
+    concurrently (:class:`_Pipeline`).
 
-    Every frame taken gives one record: a verdict, or an error (unreadable, over a limit, failed pre-processing)
-    and the stream goes on. Only the model failing (``stop_reason`` ``model failed: ...``), an output failing
-    (``output failed: ...``) or the source failing for good (``source lost: ...``) stop it early.
+    Every frame taken gives one record, in order: a verdict, or an error (unreadable, over a limit, failed
+    pre-processing) and the stream goes on. Only the model failing (``stop_reason`` ``model failed: ...``; frames
+    taken after it are error records too), an output failing (``output failed: ...``; nothing more is written) or
+    the source failing for good (``source lost: ...``) stop it early.
 
     Returns the summary: :meth:`LatencyStats.summary`'s fields (``frames`` = records written, ``dropped`` = live
     frames replaced by newer ones or left unread at the end) plus ``source``, ``stop_reason``, ``skipped`` (live
     frames discarded by ``max_fps``), ``calibrated``, ``labelled``, ``image_auroc`` and ``accuracy``.
     """
-    run = _Run(detector, records, frame_sinks, time_format)
-    reader = LatestFrameReader(source) if source.live else None
-    frames_in: Iterator[Frame] = reader if reader is not None else source
+    run = _Run(records, frame_sinks, time_format)
     finished = threading.Event()
     if stop_event is not None:
         threading.Thread(target=_relay_stop, args=(stop_event, source, finished), daemon=True).start()
-    size = 1 if reader is not None else max(1, batch)
-    taken, reason, pending = 0, "end of source", []
+    size = 1 if source.live else max(1, batch)
+    pipeline = _Pipeline(detector, source, size, frames, stop_event, bool(frame_sinks))
+    stopped = None
     try:
-        while True:
-            stop = None
-            if frames is not None and taken + len(pending) >= frames:
-                stop = "frame limit"
-            elif stop_event is not None and stop_event.is_set():
-                stop = "stop requested"
-            else:
-                try:
-                    pending.append(_take(detector, next(frames_in), bool(frame_sinks)))
-                except StopIteration:
-                    stop = "stop requested" if stop_event is not None and stop_event.is_set() else reason
-                except Exception as exc:  # noqa: BLE001 (SourceError, or a source that broke: it cannot go on)
-                    log.error("%s", exc)
-                    stop = f"source lost: {exc}"
-            if pending and (stop is not None or len(pending) == size):
-                taken += len(pending)
-                failed = run.flush(pending)
-                pending = []
-                if failed is not None:
-                    reason = failed
-                    break
-            if stop is not None:
-                reason = stop
+        while (scored := pipeline.next_batch()) is not None:
+            stopped = run.write(scored) or stopped
+            if stopped is not None and stopped.startswith("output failed"):
                 break
+            if stopped is not None:
+                pipeline.halt()  # viewer quit: finish what was taken
     finally:
         finished.set()
-        if reader is not None:
-            reader.close()
-            run.stats.dropped = reader.received - taken
-        else:
-            source.close()
-    return {"source": source.name, "stop_reason": reason, **run.stats.summary(), "skipped": source.skipped,
-            "calibrated": detector.thresholds.calibrated, "model": model_summary(detector), **run.truth.summary()}
+        pipeline.close()
+    run.stats.dropped = pipeline.dropped
+    if stopped is None or not stopped.startswith("output failed"):
+        stopped = pipeline.failure or stopped
+    return {"source": source.name, "stop_reason": stopped or pipeline.reason, **run.stats.summary(),
+            "skipped": source.skipped, "calibrated": detector.thresholds.calibrated, "model": model_summary(detector),
+            **run.truth.summary()}
 
 
 def model_summary(detector: Detector) -> dict:

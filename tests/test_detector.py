@@ -61,3 +61,18 @@ def test_an_impossible_plan_is_a_model_folder_error(tmp_path):
     root = make_folder(tmp_path / "model").root
     with pytest.raises(ModelFolderError, match="cannot run DDIM steps=500, start_t=None"):
         Detector(root, steps=500)
+
+
+def test_submitted_batches_come_back_in_order_whatever_their_chunks(detector):
+    """``submit`` / ``collect`` over the backend's pipeline (ONNX Runtime: one slot, run at submit): a batch over
+    ``max_batch`` is chunked, the oldest chunk collected when the slots are full, batches returned in order."""
+    batches = [detector.preprocess([_frame(seed=10 * b + k) for k in range(n)]) for b, n in enumerate((6, 1, 9))]
+    expected = [detector.run(batch).score for batch in batches]
+    for batch in batches:
+        detector.submit(batch)
+    assert detector.pending == 3
+    for batch, scores in zip(batches, expected):
+        out = detector.collect()
+        assert len(out.score) == len(batch) and out.score == pytest.approx(scores)
+    with pytest.raises(RuntimeError, match="without a submitted batch"):
+        detector.collect()

@@ -11,6 +11,7 @@ from runtime.preprocess import read_image
 from runtime.sinks import (
     FolderSink,
     JsonlSink,
+    PARTS,
     LatencyStats,
     VideoSink,
     WindowSink,
@@ -134,3 +135,18 @@ def test_latency_stats_match_numpy():
     text = format_summary(summary)
     assert text.startswith("41 frames (1 errors, 7 dropped) in 20.5 s, 2.0 fps")
     assert f"p95 {summary['p95_ms']:.1f} ms" in text
+    assert summary["parts_p50_ms"] == {} and "capture to verdict" not in text
+
+
+def test_latency_stats_summarise_each_part_of_a_frames_latency():
+    stats = LatencyStats()
+    rng = np.random.default_rng(1)
+    parts = {part: rng.uniform(0.001, 0.1, 20) for part in PARTS}
+    for k in range(20):
+        frame = {part: float(values[k]) for part, values in parts.items()}
+        stats.add(sum(frame.values()), frame)
+    summary = stats.summary()
+    for part, values in parts.items():
+        assert summary["parts_p50_ms"][part] == pytest.approx(np.percentile(values * 1000, 50))
+    text = format_summary(summary)
+    assert f"batch wait {summary['parts_p50_ms']['batch_wait']:.1f}" in text and "capture to verdict" in text

@@ -24,11 +24,13 @@ from helpers.model_folder import make_folder
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.manifest import Manifest, Thresholds
+from runtime.sinks import PARTS
 from runtime.sources import Source, open_source
 from runtime.stream import display_size, main, stream
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"preprocess", "encode", "steps", "decode", "score", "total"}
+STAGES = {"preprocess", "encode", "steps", "decode", "score"}
+LATENCY = {"capture_to_verdict", *PARTS}
 SUMMARY = re.compile(r"summary: (\d+) frames \((\d+) errors, (\d+) dropped\)")
 
 
@@ -73,7 +75,8 @@ def test_synthetic_feed_to_jsonl_and_video(model_dir, tmp_path, capsys):
         assert {"time", "source", "score", "pred_score", "label", "gt_label", "latency_ms", "class", "defect"} <= set(r)
         assert r["source"] == "synthetic" and r["gt_label"] in ("normal", "anomalous")
         assert r["label"] is None and r["pred_score"] is None  # uncalibrated
-        assert set(r["latency_ms"]) == STAGES and r["latency_ms"]["total"] > 0
+        assert set(r["latency_ms"]) == LATENCY and r["latency_ms"]["capture_to_verdict"] > 0
+        assert set(r["stage_ms"]) == STAGES and r["stage_ms"]["steps"] > 0
         assert (r["gt_label"] == "normal") == (r["defect"] == "good")
     assert records[0]["time"].endswith("+00:00")
     assert _video_frames(video) == 6
@@ -119,6 +122,24 @@ def test_batches_score_like_single_frames_and_keep_order(model_dir, synthetic_da
         assert one["name"] == three["name"] and ("error" in one) == ("error" in three)
         if "score" in one:
             assert one["score"] == pytest.approx(three["score"], rel=1e-5)
+
+
+def test_latency_splits_capture_to_verdict_into_its_parts(tiny_detector):
+    """Issue 12.7: ``total`` mixed the frame's own time with waiting for its batch and for the frames written
+    before it; now each part is its own field, and they add up to capture -> verdict."""
+    records = Records()
+    summary = stream(tiny_detector, open_source("synthetic", size=32), [records], frames=8, batch=4)
+    for r in records:
+        latency = r["latency_ms"]
+        assert set(latency) == LATENCY and min(latency.values()) >= 0
+        assert sum(latency[part] for part in PARTS) == pytest.approx(latency["capture_to_verdict"], rel=1e-4)
+    for batch in (records[:4], records[4:]):
+        assert len({r["latency_ms"]["model"] for r in batch}) == 1  # one model call per batch
+        waits = [r["latency_ms"]["batch_wait"] for r in batch]
+        outputs = [r["latency_ms"]["output"] for r in batch]
+        assert waits == sorted(waits, reverse=True) and waits[0] > waits[-1]  # the first waits for the batch to fill
+        assert outputs == sorted(outputs) and outputs[-1] > outputs[0]  # the last waits for the ones before it
+    assert set(summary["parts_p50_ms"]) == set(PARTS)
 
 
 def test_video_file_source_loops(model_dir, tmp_path, capsys):
@@ -186,7 +207,9 @@ def test_stop_event_finishes_the_frame_in_flight(detector):
 
     records = StopAtThird()
     summary = stream(detector, open_source("synthetic"), [records], stop_event=stop)
-    assert len(records) == summary["frames"] == 3 and summary["stop_reason"] == "stop requested"
+    # the frames taken before the stop (the reader and the model work ahead of the writer) are all finished
+    assert summary["stop_reason"] == "stop requested" and summary["errors"] == 0
+    assert [r["frame"] for r in records] == list(range(summary["frames"])) and 3 <= summary["frames"] <= 3 + 4
 
 
 class FlakyCamera:
@@ -273,7 +296,8 @@ def test_viewer_quit_stops_the_stream(detector):
 
     viewer = QuitOnSecond()
     summary = stream(detector, open_source("synthetic"), frame_sinks=[viewer])
-    assert summary["frames"] == viewer.frames == 2 and summary["stop_reason"] == "viewer quit"
+    # no frame is taken after the quit; those already taken are finished (window and records stay in step)
+    assert summary["stop_reason"] == "viewer quit" and 2 <= summary["frames"] == viewer.frames <= 2 + 4
 
 
 def test_annotated_frames_are_display_sized():
@@ -404,8 +428,13 @@ def test_a_failing_model_or_output_stops_the_run_with_a_summary(tiny, tiny_detec
     records = Records()
     summary = stream(tiny_detector, open_source("synthetic", size=32), [records], batch=2)
     assert summary["stop_reason"] == "model failed: RuntimeError: device lost"
-    assert ["error" in r for r in records] == [False, False, True, True]  # the failed batch's frames: error lines
-    assert (summary["frames"], summary["errors"]) == (4, 2)
+    assert ["error" in r for r in records[:4]] == [False, False, True, True]  # the failed batch's frames: error lines
+    assert all(r["error"] == "model failed: RuntimeError: device lost" for r in records[2:4])
+    # frames the reader had already taken for the next batches (at most two) are error lines too, in order
+    assert [r["frame"] for r in records] == list(range(len(records))) and len(records) <= 4 + 2 * 2
+    assert all(r["error"] == "not scored: the stream stopped after model failed: RuntimeError: device lost"
+               for r in records[4:])
+    assert (summary["frames"], summary["errors"]) == (len(records), len(records) - 2)
 
     class BrokenDisk(Records):
         def write(self, record: dict) -> None:
@@ -422,4 +451,5 @@ def test_a_failing_model_or_output_stops_the_run_with_a_summary(tiny, tiny_detec
     calls["n"] = 1
     assert main(["--model", str(tiny), "--frames", "5"]) == 1  # the command's status says it
     err = capsys.readouterr().err
-    assert "model failed: RuntimeError: device lost" in err and _summary(err) == (1, 1, 0)
+    frames, errors, _ = _summary(err)
+    assert "model failed: RuntimeError: device lost" in err and 1 <= frames == errors <= 5

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -440,6 +441,41 @@ def test_slots_take_turns_and_unused_loops_are_freed(fake, engines):
         assert len(cudart.device_memory) - allocated == 2 * backend_trt.MAX_LOOPS - loops  # a step table per loop
     finally:
         backend.close()
+    assert cudart.leaks() == {}
+
+
+def test_detector_stream_and_calibration_use_both_slots(fake, engines, tmp_path):
+    """Issue 12.2: ``run`` reset the slot index, so slot 1 was never used by the detector, stream or calibration."""
+    from runtime import Detector
+    from runtime.calibrate import LabelledImage, score_images
+    from runtime.sources import open_source
+    from runtime.stream import stream
+
+    _, cudart = fake
+    frames = [np.full((16, 16, 3), 30 * k, np.uint8) for k in range(5)]
+    with Detector(engines.root) as cpu:
+        expected = [p.score for p in cpu.predict(frames)]
+    with Detector(engines.root, backend="tensorrt", device="cuda:0") as detector:
+        handles = [slot.handle for slot in detector.backend._slots]
+
+        def used() -> list[int]:
+            return [cudart.streams[handle].work for handle in handles]
+
+        scores = [p.score for p in detector.predict(frames)]  # 5 images, max_batch 4: two chunks
+        assert scores == pytest.approx(expected, abs=1e-5) and all(used())
+
+        for path, frame in zip((tmp_path / f"{k}.png" for k in range(5)), frames):
+            cv2.imwrite(str(path), frame)
+        before = used()
+        scored = score_images(detector, [LabelledImage(tmp_path / f"{k}.png") for k in range(5)], batch_size=1)
+        assert scored.scores == pytest.approx(expected, abs=1e-5)
+        assert all(now > then for now, then in zip(used(), before))
+
+        before = used()
+        records = []
+        summary = stream(detector, open_source(str(tmp_path)), [SimpleNamespace(write=records.append)])
+        assert [r["score"] for r in records] == pytest.approx(expected, abs=1e-5) and summary["frames"] == 5
+        assert all(now > then for now, then in zip(used(), before))
     assert cudart.leaks() == {}
 
 

@@ -6,6 +6,7 @@ encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,19 +42,47 @@ class BackendOutput:
 
 
 class Backend(ABC):
-    """One model folder on one device. ``run`` is synchronous: outputs are host arrays when it returns."""
+    """One model folder on one device.
+
+    ``run`` is synchronous: outputs are host arrays when it returns. ``submit`` / ``collect`` pipeline batches of
+    at most :attr:`max_batch` images: up to :attr:`slots` batches in flight, collected in submission order. The
+    default runs a batch at once in ``submit`` (ONNX Runtime, which releases the GIL, so other threads work
+    meanwhile); a backend with its own queues (TensorRT's two CUDA streams) overrides both.
+    """
 
     name: str = ""
+    slots: int = 1
 
     def __init__(self, manifest: Manifest, device: str = "cpu"):
         self.manifest = manifest
         self.device = device
+        self.max_batch = manifest.max_batch
+        self._done: deque[BackendOutput] = deque()
 
     @abstractmethod
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
         """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 latent-shaped ``(4, s, s)`` or ``(B, 4, s, s)``."""
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet collected."""
+        return len(self._done)
+
+    def submit(
+        self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
+    ) -> None:
+        """Start a batch (arguments as :meth:`run`); :meth:`collect` returns its outputs."""
+        if self.pending >= self.slots:
+            raise RuntimeError(f"{self.slots} batch(es) already in flight: collect() one before submitting more")
+        self._done.append(self.run(images, plan, noise, keep_reconstruction))
+
+    def collect(self) -> BackendOutput:
+        """The outputs of the oldest submitted batch."""
+        if not self._done:
+            raise RuntimeError("collect() without a submitted batch")
+        return self._done.popleft()
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""
