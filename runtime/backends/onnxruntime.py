@@ -3,17 +3,27 @@
 Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
 memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
 down. On the CPU the same code binds host memory.
+
+The TensorRT provider builds an engine per graph on first use; it caches them (and its timing cache) in
+``ort_trt_cache/`` inside the model folder, or in the user cache when the folder is read-only, and builds each for
+the manifest's batch range (profile batch 1 to ``max_batch``, tuned for 1 as ``export.tensorrt``), so neither a
+restart nor a new batch size rebuilds them. FP16 kernels are allowed only for an FP16 model folder.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENTS, Manifest
+from runtime.manifest import COMPONENTS, MANIFEST, Manifest
 from runtime.schedule import DDIMPlan, q_sample
+
+ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -40,6 +50,53 @@ def parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
+def engine_cache(manifest: Manifest) -> Path:
+    """Where the TensorRT provider caches engines: :data:`ENGINE_CACHE` in the model folder, or (read-only folder)
+    ``$XDG_CACHE_HOME/diad-edge/ort-trt/<manifest hash>``; created."""
+    inside = manifest.root / ENGINE_CACHE
+    try:
+        inside.mkdir(exist_ok=True)
+        if os.access(inside, os.W_OK):
+            return inside
+    except OSError:
+        pass
+    key = hashlib.sha256((manifest.root / MANIFEST).read_bytes()).hexdigest()[:16]
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diad-edge" / "ort-trt" / key
+    try:
+        user.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"{inside} and {user}: cannot create the TensorRT engine cache ({exc}); make one of them "
+                           "writable or set XDG_CACHE_HOME") from None
+    return user
+
+
+def profile_shapes(manifest: Manifest, component: str) -> dict[str, str]:
+    """The TensorRT provider's ``trt_profile_{min,opt,max}_shapes`` for ``component``: batch 1, 1 and max_batch."""
+    inputs = manifest.component(component)["inputs"]
+    return {
+        f"trt_profile_{kind}_shapes": ",".join(
+            f"{name}:{'x'.join(str(d) for d in (batch, *dims[1:]))}" for name, dims in inputs.items()
+        )
+        for kind, batch in (("min", 1), ("opt", 1), ("max", manifest.max_batch))
+    }
+
+
+def session_providers(manifest: Manifest, component: str, kind: str, device_id: int, cache: Path | None) -> list:
+    """The execution providers, with their options, for ``component``'s session on ``kind`` (``PROVIDERS``)."""
+    options: dict[str, dict] = {"CUDAExecutionProvider": {"device_id": device_id}}
+    if kind == "tensorrt":
+        options["TensorrtExecutionProvider"] = {
+            "device_id": device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": manifest.precision == "fp16",
+            **profile_shapes(manifest, component),
+        }
+    return [(p, options[p]) if p in options else p for p in PROVIDERS[kind]]
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -57,8 +114,11 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        providers = [(p, {"device_id": self.device_id}) if p != "CPUExecutionProvider" else p for p in wanted]
-        self.sessions = {name: self._session(ort, name, options, providers) for name in COMPONENTS}
+        cache = engine_cache(manifest) if self.kind == "tensorrt" else None
+        self.sessions = {
+            name: self._session(ort, name, options, session_providers(manifest, name, self.kind, self.device_id, cache))
+            for name in COMPONENTS
+        }
         self.memory = "cpu" if self.kind == "cpu" else "cuda"
         self._ort = ort
         self._step_values: dict[tuple, list] = {}

@@ -1,0 +1,83 @@
+"""The ONNX Runtime backend's execution providers and their options per device kind (issue 12.5: the TensorRT
+provider got only a device id, so it rebuilt its engines at every start and for every new batch size, and allowed
+FP16 kernels in FP32 folders), on the tiny real model folder of ``helpers.model_folder``.
+
+ONNX Runtime here has the CPU provider only: a stand-in module records the providers each session is asked for
+and opens it on the CPU."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import onnxruntime
+import pytest
+from helpers.model_folder import MAX_BATCH, S, make_folder
+
+from runtime.backends.onnxruntime import ENGINE_CACHE, OnnxRuntimeBackend
+
+ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.fixture
+def asked(monkeypatch) -> dict[str, list]:
+    """Per graph file name, the providers its session was opened with."""
+    asked_for: dict[str, list] = {}
+
+    def session(path, options, providers=None):
+        asked_for[Path(path).name] = providers
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    ort = types.ModuleType("onnxruntime")
+    ort.get_available_providers = lambda: ALL
+    ort.SessionOptions, ort.OrtValue, ort.InferenceSession = onnxruntime.SessionOptions, onnxruntime.OrtValue, session
+    monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+    return asked_for
+
+
+def _options(asked: dict[str, list], component: str) -> tuple[list[str], dict[str, dict]]:
+    entries = asked[f"{component}.onnx"]
+    names = [e[0] if isinstance(e, tuple) else e for e in entries]
+    return names, {e[0]: e[1] for e in entries if isinstance(e, tuple)}
+
+
+def test_tensorrt_provider_caches_engines_built_for_the_batch_range(asked, tmp_path):
+    folder = make_folder(tmp_path / "model", "fp32")
+    OnnxRuntimeBackend(folder, "tensorrt:1").close()
+    cache = folder.root / ENGINE_CACHE
+    assert cache.is_dir()
+    names, options = _options(asked, "denoise_step")
+    assert names == ALL and options["CUDAExecutionProvider"] == {"device_id": 1}
+    latent = "4x4x4"
+    assert options["TensorrtExecutionProvider"] == {
+        "device_id": 1,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": False,
+        "trt_profile_min_shapes": f"x_t:1x{latent},hint:1x{latent},timestep:1,alpha_t:1,alpha_prev:1",
+        "trt_profile_opt_shapes": f"x_t:1x{latent},hint:1x{latent},timestep:1,alpha_t:1,alpha_prev:1",
+        "trt_profile_max_shapes": (f"x_t:{MAX_BATCH}x{latent},hint:{MAX_BATCH}x{latent},timestep:{MAX_BATCH},"
+                                   f"alpha_t:{MAX_BATCH},alpha_prev:{MAX_BATCH}"),
+    }
+    scorer = _options(asked, "scorer")[1]["TensorrtExecutionProvider"]
+    assert scorer["trt_profile_max_shapes"] == f"image:{MAX_BATCH}x3x{S}x{S},reconstruction:{MAX_BATCH}x3x{S}x{S}"
+
+
+def test_fp16_kernels_only_for_an_fp16_folder_and_no_tensorrt_options_on_cuda(asked, tmp_path):
+    OnnxRuntimeBackend(make_folder(tmp_path / "fp16", "fp16"), "tensorrt").close()
+    assert _options(asked, "vae_decoder")[1]["TensorrtExecutionProvider"]["trt_fp16_enable"] is True
+    OnnxRuntimeBackend(make_folder(tmp_path / "fp32", "fp32"), "cuda:2").close()
+    names, options = _options(asked, "vae_decoder")
+    assert names == ALL[1:] and options == {"CUDAExecutionProvider": {"device_id": 2}}
+    assert not (tmp_path / "fp32" / ENGINE_CACHE).exists()
+
+
+def test_engine_cache_goes_to_the_user_cache_when_the_folder_cannot_hold_it(asked, tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "model", "fp32")
+    (folder.root / ENGINE_CACHE).write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    OnnxRuntimeBackend(folder, "tensorrt").close()
+    path = _options(asked, "scorer")[1]["TensorrtExecutionProvider"]["trt_engine_cache_path"]
+    assert path.startswith(str(tmp_path / "cache" / "diad-edge" / "ort-trt")) and Path(path).is_dir()
