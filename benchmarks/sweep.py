@@ -14,7 +14,9 @@ the host) over its size, after ``--warmup`` batches. Peak memory: the process's 
 configuration (reset per configuration through /proc/self/clear_refs; it includes memory that earlier
 configurations' allocators, e.g. ONNX Runtime's arenas, still hold), and PyTorch's CUDA peak on GPU.
 
-Writes ``sweep.{csv,json,md}`` and ``pareto.png`` (latency against I-AUROC) to ``--out``.
+Writes ``sweep.{csv,json,md}`` to ``--out`` as rows complete (FLOPs and speedups are added at the end) and
+``pareto.png`` (latency against I-AUROC) at the end. A backend that cannot open (not installed, no engines in the
+model folder) or fails part-way is listed as skipped with its full reason; the other rows stand.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from tqdm import tqdm
 from benchmarks.memory import reset_peak, status_mib
 from runtime.backends.base import STAGES, BackendOutput
 from runtime.cli import run_cli
-from runtime.errors import BackendError, DatasetLayoutError
+from runtime.errors import BackendError, DatasetLayoutError, DiadError
 from runtime.manifest import Manifest
 from runtime.metrics import per_class
 from runtime.preprocess import preprocess, preprocess_mask, read_image, read_mask
@@ -112,8 +114,8 @@ def open_backends(args: argparse.Namespace, precision: str) -> tuple[dict[str, A
     for name in args.backends:
         try:
             opened[name] = open_backend(name, precision, args)
-        except (BackendError, ValueError, ImportError) as exc:
-            skipped[name] = str(exc).split(". ")[0]
+        except (DiadError, ValueError, ImportError) as exc:
+            skipped[name] = str(exc)
     return opened, skipped
 
 
@@ -217,9 +219,9 @@ def reset_gpu_peak(backend: Any) -> None:
 
 def sweep_backend(
     name: str, backend: Any, precision: str, args: argparse.Namespace, data: TestSet, noise: np.ndarray,
-    bar: tqdm,
-) -> list[Row]:
-    rows = []
+    bar: tqdm, keep: Callable[[Row], None],
+) -> None:
+    """Every configuration of one backend, each row handed to ``keep`` as it completes."""
     configs: list[tuple[str, DDIMPlan | None]] = [("diad", ddim_plan(s, t)) for t in args.start_t for s in args.steps]
     if hasattr(backend, "run_vae_only"):
         configs.append((VAE_ONLY, None))
@@ -237,9 +239,8 @@ def sweep_backend(
             latencies, stages, out = measure(run, data, batch, args.warmup, None if k == 0 else args.latency_batches)
             if out is not None:
                 scores = accuracy(out, data)
-            rows.append(make_row(name, precision, method, plan, batch, latencies, stages, scores, gpu_peak_mib(backend)))
+            keep(make_row(name, precision, method, plan, batch, latencies, stages, scores, gpu_peak_mib(backend)))
             bar.update()
-    return rows
 
 
 def reference_row(args: argparse.Namespace, data: TestSet) -> Row:
@@ -339,13 +340,17 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_results(out: Path, rows: list[Row], skipped: dict[str, str], info: dict[str, Any]) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    header = (
+def header(info: dict[str, Any]) -> str:
+    return (
         f"Sweep of {info['model']} on {info['images']} test images of {info['data']} ({info['date']}, "
         f"{info['machine']}); latency per image after {info['warmup']} warm-up batches."
     )
-    text = markdown(rows, skipped, header)
+
+
+def write_tables(out: Path, rows: list[Row], skipped: dict[str, str], info: dict[str, Any]) -> str:
+    """``sweep.{md,json,csv}`` of the rows so far; the Markdown text."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, skipped, header(info))
     (out / "sweep.md").write_text(text)
     (out / "sweep.json").write_text(json.dumps(
         {"info": info, "skipped": skipped, "rows": [asdict(r) for r in rows]}, indent=2, default=str
@@ -357,7 +362,13 @@ def write_results(out: Path, rows: list[Row], skipped: dict[str, str], info: dic
         for r in rows:
             d = asdict(r)
             writer.writerow([d[k] for k in fields] + [r.stages_ms[s] for s in STAGES])
-    plot(rows, out / "pareto.png", header)
+    return text
+
+
+def write_results(out: Path, rows: list[Row], skipped: dict[str, str], info: dict[str, Any]) -> str:
+    """The tables and ``pareto.png``; the Markdown text."""
+    text = write_tables(out, rows, skipped, info)
+    plot(rows, out / "pareto.png", header(info))
     return text
 
 
@@ -406,27 +417,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = TestSet.load(args.data, manifest.image_size, args.limit)
     noise = fixed_noise(manifest.latent_shape, manifest.noise_seed)
 
-    rows: list[Row] = []
-    skipped: dict[str, str] = {}
-    per_backend = (len(args.start_t) * len(args.steps) + 1) * len(args.batch)
-    with tqdm(total=per_backend * len(args.backends) * len(args.precisions), desc="sweep", unit="cfg") as bar:
-        for precision in args.precisions:
-            backends, missing = open_backends(args, precision)
-            skipped.update({f"{name} {precision}": reason for name, reason in missing.items()})
-            for name, backend in backends.items():
-                rows += sweep_backend(name, backend, precision, args, data, noise, bar)
-                backend.close()
-    if args.run and not args.no_reference:
-        rows.append(reference_row(args, data))
-    if not rows:
-        raise BackendError(f"no backend could run: {skipped}")
-    add_flops_and_speedups(rows, args)
     info = {
         "model": str(args.model), "data": str(args.data), "images": len(data.images), "warmup": args.warmup,
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs",
         "grid": {k: getattr(args, k) for k in ("backends", "precisions", "start_t", "steps", "batch")},
     }
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+
+    def keep(row: Row) -> None:
+        rows.append(row)
+        write_tables(out, rows, skipped, info)
+
+    per_backend = (len(args.start_t) * len(args.steps) + 1) * len(args.batch)
+    with tqdm(total=per_backend * len(args.backends) * len(args.precisions), desc="sweep", unit="cfg") as bar:
+        for precision in args.precisions:
+            backends, missing = open_backends(args, precision)
+            skipped.update({f"{name} {precision}": reason for name, reason in missing.items()})
+            for name, backend in backends.items():
+                before = len(rows)
+                try:
+                    sweep_backend(name, backend, precision, args, data, noise, bar, keep)
+                except Exception as exc:  # noqa: BLE001 (one backend failing part-way must not lose the other rows)
+                    skipped[f"{name} {precision}"] = (f"failed after {len(rows) - before} row(s): "
+                                                      f"{type(exc).__name__}: {exc}")
+                finally:
+                    backend.close()
+    if args.run and not args.no_reference:
+        keep(reference_row(args, data))
+    if not rows:
+        raise BackendError(f"no backend could run: {skipped}")
+    add_flops_and_speedups(rows, args)
     print(write_results(out, rows, skipped, info), end="")
     print(f"wrote {out}/sweep.{{csv,json,md}} and {out}/pareto.png")
     return 0

@@ -3,7 +3,9 @@
 ``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise, hint once, DDIM without
 guidance, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
 graph (``cuda_graph=True``). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast
-FP16 kernels and the sweep skips it).
+FP16 kernels and the sweep skips it). The loop takes each step's timestep and alphas as device tensors made once
+per plan: a tensor made from a Python number inside the captured loop would be a host-to-device copy, which CUDA
+graph capture rejects.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class TorchBackend:
         self.scorer = scorer.to(self.device, self.dtype).eval()
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+        self._steps: dict[tuple, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -49,24 +52,38 @@ class TorchBackend:
         seconds[stage] = time.perf_counter() - start
         return out
 
-    def _loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
-        for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
-            x = DiAD.ddim_step(x, self.model.denoise(x, int(t), hint), float(a), float(p))
+    def _step_tensors(self, plan: DDIMPlan) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per DDIM step: the timestep (int64) and both alphas (the model's dtype) on the device, made once."""
+        key = (tuple(plan.timesteps), tuple(plan.alphas), tuple(plan.alphas_prev))
+        if key not in self._steps:
+            def value(v: float) -> torch.Tensor:
+                return torch.tensor(float(v), dtype=self.dtype, device=self.device)
+
+            self._steps[key] = [
+                (torch.tensor(int(t), device=self.device), value(a), value(p))
+                for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev)
+            ]
+        return self._steps[key]
+
+    def _loop(self, x: torch.Tensor, hint: torch.Tensor, steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        for t, a, p in steps:
+            x = DiAD.ddim_step(x, self.model.denoise(x, t, hint), a, p)
         return x
 
     def _graph_loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
         """The DDIM loop replayed from a CUDA graph captured once per (batch, plan)."""
         key = (x.shape[0], tuple(plan.timesteps), plan.start_t)
         if key not in self._graphs:
+            steps = self._step_tensors(plan)  # host-to-device copies, before the capture
             static = {"x": x.clone(), "hint": hint.clone()}
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._loop(static["x"], static["hint"], plan)  # warm-up outside the capture
+                self._loop(static["x"], static["hint"], steps)  # warm-up outside the capture
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static["out"] = self._loop(static["x"], static["hint"], plan)
+                static["out"] = self._loop(static["x"], static["hint"], steps)
             self._graphs[key] = (graph, static)
         graph, static = self._graphs[key]
         static["x"].copy_(x)
@@ -87,8 +104,10 @@ class TorchBackend:
             return q_sample(latent, noise_t.expand_as(latent), plan.start_alpha), self.model.sg.encode_hint(image)
 
         noised, hint = self._timed(seconds, "encode", encode)
-        loop = self._graph_loop if self.cuda_graph else self._loop
-        sample = self._timed(seconds, "steps", lambda: loop(noised, hint, plan))
+        if self.cuda_graph:
+            sample = self._timed(seconds, "steps", lambda: self._graph_loop(noised, hint, plan))
+        else:
+            sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, self._step_tensors(plan)))
         recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
         amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
         return BackendOutput(
@@ -108,3 +127,4 @@ class TorchBackend:
 
     def close(self) -> None:
         self._graphs.clear()
+        self._steps.clear()

@@ -9,9 +9,9 @@ import pytest
 
 from runtime.preprocess import read_image
 from runtime.sinks import (
+    PARTS,
     FolderSink,
     JsonlSink,
-    PARTS,
     LatencyStats,
     VideoSink,
     WindowSink,

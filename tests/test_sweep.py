@@ -1,11 +1,21 @@
-"""benchmarks.sweep on the untrained tiny model with a reduced grid: files, rows, baselines and the Pareto front."""
+"""benchmarks.sweep on the untrained tiny model with a reduced grid: files, rows, baselines and the Pareto front;
+backends that cannot open or fail part-way (issue 12.4), and the PyTorch loop that a CUDA graph captures."""
+import argparse
 import csv
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
+from helpers import fake_tensorrt
+from helpers.model_folder import make_folder
 
-from benchmarks.sweep import Row, main, pareto_front
+from benchmarks.sweep import Row, main, open_backends, pareto_front, torch_model
+from benchmarks.torch_pipeline import TorchBackend
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.schedule import ddim_plan
+from training.models.diad import DiAD
 
 pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
 
@@ -30,7 +40,9 @@ def test_grid_rows_baselines_and_files(sweep):
     reference = [r for r in rows if r["method"] == "reference"]
     assert len(reference) == 1 and reference[0]["steps"] == 10 and reference[0]["start_t"] == 999
     assert math.isclose(reference[0]["speedup"], 1.0)
-    assert "tensorrt fp32" in result["skipped"] and "TensorRT" in result["skipped"]["tensorrt fp32"]
+    # this folder has no engines, so TensorRT is skipped with or without TensorRT here, and says what to do
+    reason = result["skipped"]["tensorrt fp32"]
+    assert "pip install tensorrt" in reason or "python -m export.tensorrt" in reason or "NVIDIA GPU" in reason
     for r in rows:
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and 0 <= r["i_auroc"] <= 1
         assert r["gflops"] > 0 and math.isclose(r["speedup"], reference[0]["p50_ms"] / r["p50_ms"], rel_tol=1e-9)
@@ -52,3 +64,91 @@ def row(latency: float, auroc: float) -> Row:
 def test_pareto_front_keeps_only_undominated_rows():
     rows = [row(10, 0.7), row(20, 0.9), row(15, 0.6), row(30, 0.85), row(40, 0.95), row(5, math.nan)]
     assert [(r.p50_ms, r.i_auroc) for r in pareto_front(rows)] == [(10, 0.7), (20, 0.9), (40, 0.95)]
+
+
+def test_a_backend_that_cannot_open_is_skipped_with_its_whole_reason(tmp_path, monkeypatch):
+    """A model folder without engines raised ModelFolderError, which the sweep did not catch (every row lost)."""
+    fake_tensorrt.install(monkeypatch)
+    folder = make_folder(tmp_path / "model")
+    args = argparse.Namespace(backends=["tensorrt", "onnxruntime"], model_for={"fp32": str(folder.root)},
+                              trt_device="cuda:0", ort_device="cpu", run=None)
+    opened, skipped = open_backends(args, "fp32")
+    assert list(opened) == ["onnxruntime"]
+    opened["onnxruntime"].close()
+    assert skipped["tensorrt"].startswith(f"{folder.root}/manifest.json: no vae_encoder engine for TensorRT 10.3.0")
+    assert skipped["tensorrt"].endswith(f"Build them here: python -m export.tensorrt --model {folder.root} --device 0")
+
+
+@pytest.fixture
+def grid(tmp_path, synthetic_data):
+    folder = make_folder(tmp_path / "model")
+    return tmp_path / "sweep", [
+        "--model", str(folder.root), "--data", str(synthetic_data), "--out", str(tmp_path / "sweep"),
+        "--backends", "onnxruntime", "--precisions", "fp32", "--start-t", "399", "--steps", "2,1", "--batch", "1",
+        "--limit", "1", "--warmup", "0",
+    ]
+
+
+def _failing_at_one_step(monkeypatch, error: BaseException) -> None:
+    run = OnnxRuntimeBackend.run
+
+    def failing(self, images, plan, noise, keep_reconstruction=False):
+        if len(plan.timesteps) == 1:
+            raise error
+        return run(self, images, plan, noise, keep_reconstruction)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", failing)
+
+
+def test_a_backend_failing_part_way_keeps_the_rows_before_it(grid, monkeypatch):
+    out, argv = grid
+    _failing_at_one_step(monkeypatch, RuntimeError("device lost"))
+    assert main(argv) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert [(r["backend"], r["steps"]) for r in result["rows"]] == [("onnxruntime", 2)]
+    assert result["skipped"] == {"onnxruntime fp32": "failed after 1 row(s): RuntimeError: device lost"}
+    assert (out / "pareto.png").is_file() and "device lost" in (out / "sweep.md").read_text()
+
+
+def test_rows_are_on_disk_as_they_complete(grid, monkeypatch):
+    out, argv = grid
+    _failing_at_one_step(monkeypatch, KeyboardInterrupt())  # the sweep killed during the second configuration
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["backend"], r["steps"]) for r in rows] == [("onnxruntime", 2)]
+    with open(out / "sweep.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_the_torch_loop_makes_no_tensor_from_python_numbers(tiny_run, monkeypatch):
+    """Inside a captured CUDA graph a tensor made from a Python number is a host-to-device copy, which PyTorch
+    rejects: the loop takes device tensors made before the capture, and computes what the scalar loop did."""
+    backend = TorchBackend(*torch_model(str(tiny_run)))
+    plan = ddim_plan(2, 399)
+    size = backend.model.config.image_size
+    image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        x, hint = backend.model.vae.encode_mean(image), backend.model.sg.encode_hint(image)
+        expected = x
+        for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
+            expected = DiAD.ddim_step(expected, backend.model.denoise(expected, int(t), hint), float(a), float(p))
+        steps = backend._step_tensors(plan)
+        made = []
+
+        def spy(name: str):
+            make = getattr(torch, name)
+
+            def from_data(data, *args, **kwargs):
+                if isinstance(data, (int, float, np.number)):
+                    made.append((name, data))
+                return make(data, *args, **kwargs)
+
+            return from_data
+
+        for name in ("tensor", "as_tensor", "scalar_tensor"):
+            monkeypatch.setattr(torch, name, spy(name))
+        out = backend._loop(x, hint, steps)
+        monkeypatch.undo()
+    assert made == []
+    torch.testing.assert_close(out, expected)
