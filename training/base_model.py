@@ -46,8 +46,9 @@ def default_init(preset: str) -> str:
 def _graph(model: DiAD) -> dict[str, Any]:
     """What a base model must agree on with the model it is loaded into."""
     config = model.config
-    return {"vae": asdict(config.vae), "unet": asdict(config.unet), "context": config.context,
-            "context_seed": config.context_seed, "image_size": config.image_size}
+    graph = {"vae": asdict(config.vae), "unet": asdict(config.unet), "context": config.context,
+             "context_seed": config.context_seed, "image_size": config.image_size}
+    return json.loads(json.dumps(graph))  # as a file's metadata reads back: tuples become lists
 
 
 def write_base(model: DiAD, path: str | Path, record: dict[str, Any]) -> Path:
