@@ -52,8 +52,43 @@ def to_fp16(path: Path) -> onnx.ModelProto:
         node_block_list=fp32_nodes(model),
         disable_shape_infer=True,
     )
+    remove_fp16_round_trips(converted.graph)
     topological_sort(converted.graph)
     return converted
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def remove_fp16_round_trips(graph: onnx.GraphProto) -> int:
+    """Let FP32 regions talk to each other in FP32; returns how many round trips were removed.
+
+    The converter casts every output of a kept-FP32 node to FP16 and casts it back before the next kept-FP32
+    node, so values between two FP32 nodes still pass through FP16 (the scorer's ``|a|^2 |b|^2`` overflowed to
+    inf). Each ``Cast(to=FP32)`` of a ``Cast(to=FP16)`` of an FP32 value becomes an ``Identity`` of that value;
+    casts left without consumers are dropped.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    removed = 0
+    for node in graph.node:
+        source = producer.get(node.input[0]) if _cast_to(node) == fp32 else None
+        if source is not None and _cast_to(source) == fp16 and types.get(source.input[0]) == fp32:
+            node.op_type, node.input[0] = "Identity", source.input[0]
+            del node.attribute[:]
+            removed += 1
+    outputs = {o.name for o in graph.output}
+    while dead := [n for n in graph.node if n.op_type == "Cast" and not (outputs | _consumed(graph)).intersection(n.output)]:
+        for node in dead:
+            graph.node.remove(node)
+    return removed
+
+
+def _consumed(graph: onnx.GraphProto) -> set[str]:
+    return {name for node in graph.node for name in node.input}
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:

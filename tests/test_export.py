@@ -144,6 +144,13 @@ def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, mode
             glue = node.name.count("/") < 2  # root level: the DDIM update, the scorer's distances and matrices
             if node.op_type in FP32_OPS or "/time_proj/" in node.name or glue:
                 assert onnx.TensorProto.FLOAT16 not in [types.get(i) for i in node.input], (name, node.name)
+        cast_to = {n.output[0]: (n.attribute[0].i, n.input[0]) for n in model.graph.node if n.op_type == "Cast"}
+        round_trips = [  # FP32 -> FP16 -> FP32: FP32 regions must meet in FP32, not through FP16
+            out for out, (to, source) in cast_to.items()
+            if to == onnx.TensorProto.FLOAT and cast_to.get(source, (None, None))[0] == onnx.TensorProto.FLOAT16
+            and types.get(cast_to[source][1]) == onnx.TensorProto.FLOAT
+        ]
+        assert not round_trips, (name, round_trips[:3])
         for value in list(model.graph.input) + list(model.graph.output):  # FP32 I/O
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     model, scorer = model_and_scorer

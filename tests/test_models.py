@@ -72,7 +72,7 @@ def test_tiny_shapes_end_to_end(model):
         latent = model.vae.encode_mean(x)
         hint = model.sg.encode_hint(x)
         eps = model.denoise(latent, 500, hint)
-    assert latent.shape == (2, 4, TINY_LATENT, TINY_LATENT)
+    assert latent.shape == (2, tiny().vae.latent_channels, TINY_LATENT, TINY_LATENT)
     assert hint.shape == (2, tiny().unet.block_out_channels[0], TINY_LATENT, TINY_LATENT)
     assert eps.shape == latent.shape
 
@@ -85,7 +85,7 @@ def test_tiny_shapes_end_to_end(model):
         del model.sg.encode_hint
     assert calls == [1]  # the hint is encoded once per image, not once per step
     assert out["reconstruction"].shape == out["vae_reconstruction"].shape == x.shape
-    assert out["sample_latent"].shape == out["latent"].shape == (2, 4, TINY_LATENT, TINY_LATENT)
+    assert out["sample_latent"].shape == out["latent"].shape == (2, tiny().vae.latent_channels, TINY_LATENT, TINY_LATENT)
 
 
 def test_reconstruct_is_deterministic_and_batch_independent(model):
@@ -129,7 +129,7 @@ def test_sg_contributes_zero_at_init_and_injects_per_mode_after_training(injecti
     m = tiny_model(injection=injection)
     x = images(1)
     g = torch.Generator().manual_seed(5)
-    x_t = torch.randn(1, 4, TINY_LATENT, TINY_LATENT, generator=g)
+    x_t = torch.randn(1, tiny().vae.latent_channels, TINY_LATENT, TINY_LATENT, generator=g)
     with torch.no_grad():
         plain = m.unet(x_t, 700, encoder_hidden_states=m.context[None]).sample
         assert torch.equal(m.denoise(x_t, 700, None), plain)
