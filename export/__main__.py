@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.model_folder import write_model_folder
+from export.model_folder import check_options, check_out, export_plan, write_model_folder
 from export.onnx import DEFAULT_OPSET
 from export.parity import check_parity, format_parity, parity
 from runtime.cli import run_cli
@@ -18,7 +18,8 @@ from training.run_folder import RunFolder
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--run", required=True, help="training run folder (config.json + model.safetensors)")
-    parser.add_argument("--out", required=True, help="model folder to write (replaced if it is one already)")
+    parser.add_argument("--out", required=True,
+                        help="model folder to write: a new path, an empty folder or a model folder (replaced)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the runtime may use (default 8)")
     parser.add_argument("--steps", type=int, help="DDIM steps recorded as default (default: the run's config)")
@@ -35,23 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_batch < 1:
-        parser.error("--max-batch must be at least 1")
+    try:
+        check_options(args.precision, args.max_batch, args.opset)
+    except ValueError as exc:
+        parser.error(str(exc))
+    check_out(args.out)
     run = RunFolder(args.run)
     if not run.root.is_dir():
         raise CheckpointError(f"{run.root}: run folder not found")
     if not run.model_path.is_file():
         raise CheckpointError(f"{run.model_path}: missing; train the run first (python -m training.train)")
+    try:
+        export_plan(run.model_config(), args.steps, args.start_t)
+    except ValueError as exc:
+        parser.error(f"--steps / --start-t: {exc}")
     model = run.load_model("cpu")
     config = model.config
     scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
-    try:
-        manifest, exported = write_model_folder(
-            model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
-            source=str(Path(args.run).resolve()),
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    manifest, exported = write_model_folder(
+        model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
+        source=str(Path(args.run).resolve()),
+    )
 
     print(f"model folder {manifest.root} ({args.precision}, opset {args.opset}, preset {config.name})")
     print("| component | files | MiB | export s |\n|:---|:---|---:|---:|")

@@ -13,9 +13,11 @@ from tqdm import tqdm
 from export.fp16 import to_fp16
 from export.graphs import Component, components
 from export.onnx import DEFAULT_OPSET, check, export_component, save
+from runtime.errors import ModelFolderError
 from runtime.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, Manifest, file_entry
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, ddim_plan
+from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
+from training.models.presets import ModelConfig
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer
 
@@ -41,6 +43,47 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
+
+
+def check_options(precision: str, max_batch: int, opset: int) -> None:
+    """Reject export options that cannot give a working model folder (``ValueError`` naming the option)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch {max_batch}: expected at least 1")
+    if opset < 17:
+        raise ValueError(f"opset {opset}: LayerNormalization needs opset 17 or later")
+
+
+def export_plan(config: ModelConfig, steps: int | None = None, start_t: int | None = None) -> DDIMPlan:
+    """The DDIM plan a model folder records: ``steps`` / ``start_t`` or, where ``None``, the run's own."""
+    return ddim_plan(
+        config.inference.steps if steps is None else steps, config.inference.start_t if start_t is None else start_t
+    )
+
+
+def check_out(out: str | Path) -> Path:
+    """``out`` as a path the export may write: absent, an empty folder or a model folder (replaced).
+
+    Raises :class:`ModelFolderError` for anything else (a file, a folder with other contents, a parent that is
+    not a folder), so that nothing is exported only to be refused at the end.
+    """
+    out = Path(out)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ModelFolderError(f"{parent}: not a folder; expected a folder to write the model folder {out} in")
+            break
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ModelFolderError(f"{out}: exists and is not a folder; expected a new path or a model folder to replace")
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ModelFolderError(
+            f"{out}: exists, is not empty and has no {MANIFEST}; expected a new path, an empty folder or a model "
+            "folder to replace"
+        )
+    return out
 
 
 def export_one(component: Component, out: Path, precision: str, opset: int) -> ExportedComponent:
@@ -69,17 +112,18 @@ def write_model_folder(
     """Export ``model`` + ``scorer`` into ``out`` and write its manifest; returns it with per-component figures.
 
     The folder is written under ``out.partial`` and renamed at the end, so an interrupted export never leaves a
-    folder that looks complete.
+    folder that looks complete. Options are checked first (``ValueError``, :func:`check_out`'s
+    :class:`ModelFolderError`), before anything is exported.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if opset < 17:
-        raise ValueError(f"opset {opset}: LayerNormalization needs opset 17 or later")
+    check_options(precision, max_batch, opset)
+    out = check_out(out)
     config = model.config
-    plan = ddim_plan(steps or config.inference.steps, start_t or config.inference.start_t)
-    out = Path(out)
+    plan = export_plan(config, steps, start_t)
     partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    elif partial.exists():
+        partial.unlink()
     partial.mkdir(parents=True)
 
     model.eval()
@@ -132,9 +176,7 @@ def write_model_folder(
     }
     manifest = Manifest(partial, data)
     manifest.save()
-    if out.exists():
-        if not (out / MANIFEST).is_file():
-            raise FileExistsError(f"{out}: exists and is not a model folder; refusing to replace it")
+    if check_out(out).exists():  # checked again: the folder may have changed during the export
         shutil.rmtree(out)
     partial.rename(out)
     exported = [ExportedComponent(e.name, [out / f.name for f in e.files], e.seconds) for e in exported]

@@ -176,6 +176,58 @@ def test_missing_or_corrupt_run_files_are_named(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_invalid_out_is_refused_before_anything_is_exported(tiny_run, tmp_path, monkeypatch, capsys):
+    import export.__main__ as command
+    import export.model_folder as folder
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported although --out is invalid")
+
+    monkeypatch.setattr(command.RunFolder, "load_model", no_export)
+    monkeypatch.setattr(folder, "components", no_export)
+    a_file = tmp_path / "file.onnx"
+    a_file.write_text("not a folder")
+    not_empty = tmp_path / "photos"
+    not_empty.mkdir()
+    (not_empty / "keep.jpg").write_bytes(b"")
+    cases = {
+        a_file: "exists and is not a folder",
+        not_empty: "exists, is not empty and has no manifest.json",
+        a_file / "model": "file.onnx: not a folder",
+    }
+    for out, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(command.main, ["--run", str(tiny_run), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
+        with pytest.raises(ModelFolderError, match=message):  # the library call refuses as early
+            folder.write_model_folder(None, None, out)
+    assert a_file.read_text() == "not a folder" and (not_empty / "keep.jpg").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--opset", "16"], "opset 16"), (["--max-batch", "0"], "max_batch 0"), (["--steps", "0"], "--steps"),
+    (["--start-t", "1000"], "--start-t"), (["--steps", "50", "--start-t", "20"], "do not fit"),
+])
+def test_invalid_options_are_usage_errors(tiny_run, tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--run", str(tiny_run), "--out", str(tmp_path / "m"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_errors_inside_the_export_are_not_usage_errors(tiny_run, tmp_path, monkeypatch):
+    """A ValueError raised by the exporter is a bug to report with its traceback, not a wrong command line."""
+    import export.__main__ as command
+
+    def broken_export(*args, **kwargs):
+        raise ValueError("an exporter bug")
+
+    monkeypatch.setattr(command, "write_model_folder", broken_export)
+    with pytest.raises(ValueError, match="an exporter bug"):
+        command.main(["--run", str(tiny_run), "--out", str(tmp_path / "m")])
+
+
 def test_model_folder_damage_is_named(model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
