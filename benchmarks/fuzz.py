@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmarks.memory import reset_peak, status_mib
+from runtime.cli import run_cli
 from runtime.errors import DiadError, ModelFolderError
 from runtime.limits import Limits
 from runtime.manifest import (
@@ -289,4 +290,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

@@ -35,8 +35,8 @@ fi
 
 timeout 300 $PY -m benchmarks.sweep --model "$MODEL" --model-fp16 "$MODEL_FP16" --data "$DATA" --run "$RUN" \
     --out "$OUT/sweep" \
-    --backends torch,onnxruntime,tensorrt --precisions fp32,fp16 --start-t 999,301 --steps 10,2 --batch 1,8 \
-    --limit 6 --warmup 2 --torch-device cuda --cuda-graph --ort-device cuda --trt-device cuda:0 \
+    --backends torch,onnxruntime,tensorrt --precisions fp32,fp16 --start-t 999,301 --steps 10,2 --batch-sizes 1,8 \
+    --limit 6 --warmup 2 --device cuda:0 --cuda-graph \
     || echo "sweep stopped (exit $?)"
 
 timeout 150 $PY -m benchmarks.sd15_latency --device cuda --precision fp16 --cuda-graph --repeats 3 \

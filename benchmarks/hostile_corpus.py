@@ -1,6 +1,6 @@
 """A folder of broken, hostile and odd image files streamed through ``python -m runtime.stream``.
 
-    python -m benchmarks.hostile_corpus --model MODEL_DIR [--out runs/hostile] [--batch 8] [--keep]
+    python -m benchmarks.hostile_corpus --model MODEL_DIR [--out runs/hostile] [--batch-size 8] [--keep]
 
 Writes the corpus (:func:`write_corpus`: valid and odd-but-valid images, empty, cut, mutated and mislabelled files,
 header bombs, oversized and sparse files, odd names, links to system files, a pipe), streams the folder with the
@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from runtime.cli import run_cli
 from runtime.sources import IMAGE_EXTENSIONS, image_files
 
 VERDICT, ERROR, EITHER = "verdict", "error", "either"
@@ -338,7 +339,7 @@ def stream_folder(model: str | Path, folder: Path, out: Path, batch: int = 8, ex
     """Run ``python -m runtime.stream`` over ``folder`` in a child process; its records, summary and peak RSS."""
     jsonl, peak_file = out / "records.jsonl", out / "peak_rss_mib"
     command = [sys.executable, "-c", LAUNCH, str(peak_file), "--model", str(model), "--source", str(folder),
-               "--batch", str(batch), "--jsonl", str(jsonl), *extra]
+               "--batch-size", str(batch), "--jsonl", str(jsonl), *extra]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False,
                           cwd=Path(__file__).resolve().parents[1])
@@ -405,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hostile_corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder")
     parser.add_argument("--out", default="runs/hostile", help="work folder (replaced; default runs/hostile)")
-    parser.add_argument("--batch", type=int, default=8, help="stream batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="stream batch size (default 8)")
     parser.add_argument("--keep", action="store_true", help="keep the corpus files afterwards")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -413,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True)
     folder = out / "corpus"
     corpus = write_corpus(folder)
-    result = stream_folder(args.model, folder, out, args.batch)
+    result = stream_folder(args.model, folder, out, args.batch_size)
     problems, counts = check(corpus, result, folder)
     if result.peak_rss_mib >= PEAK_RSS_TARGET_MIB:
         problems.append(f"peak RSS {result.peak_rss_mib:.0f} MiB")
@@ -424,4 +425,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

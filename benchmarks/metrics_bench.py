@@ -17,6 +17,7 @@ import numpy as np
 
 from benchmarks.memory import status_mib
 from runtime import metrics
+from runtime.cli import run_cli
 
 
 def smooth_field(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -96,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

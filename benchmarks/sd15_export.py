@@ -21,6 +21,7 @@ from benchmarks.memory import status_mib
 from export.graphs import components
 from export.model_folder import write_model_folder
 from export.parity import random_inputs, session
+from runtime.cli import run_cli
 from training.models.diad import DiAD, build_model, random_context
 from training.models.presets import sd15
 from training.models.scorer import FeatureScorer
@@ -66,4 +67,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

@@ -22,6 +22,7 @@ from benchmarks.reference import REFERENCE_PLAN, ReferenceBackend
 from benchmarks.sd15_export import random_sd15
 from benchmarks.torch_pipeline import TorchBackend
 from runtime.backends.base import STAGES, BackendOutput
+from runtime.cli import run_cli
 from runtime.schedule import fixed_noise
 
 
@@ -81,4 +82,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

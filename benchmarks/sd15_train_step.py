@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.memory import status_mib
+from runtime.cli import run_cli
 from training.models.diad import build_model, random_context
 from training.models.presets import PRESETS, TRAINABLE_SETS, ModelConfig, get_preset
 
@@ -129,4 +130,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

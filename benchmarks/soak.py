@@ -1,6 +1,6 @@
 """Soak test: the synthetic conveyor streamed through the Detector for many frames, watching memory and latency.
 
-    python -m benchmarks.soak --model MODEL_DIR [--frames 10000] [--report-every 500] [--batch 8] [--backend ...]
+    python -m benchmarks.soak --model MODEL_DIR [--frames 10000] [--report-every 500] [--batch-size 8] [--backend ...]
 
 Frames go through :func:`runtime.stream.stream` exactly as in ``python -m runtime.stream`` (no outputs but this
 report). Every ``--report-every`` frames a Markdown row gives the process's resident memory and the p50 / p95
@@ -20,8 +20,7 @@ from typing import TextIO
 import numpy as np
 
 from benchmarks.memory import status_mib
-from runtime.cli import run_cli
-from runtime.detector import BACKENDS
+from runtime.cli import add_backend_arguments, run_cli
 from runtime.sources import open_source
 from runtime.stream import open_detector, stop_on_signals, stream
 
@@ -86,26 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder")
     parser.add_argument("--frames", type=int, default=10000, help="frames to stream (default 10000)")
     parser.add_argument("--report-every", type=int, default=500, help="frames per report row (default 500)")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
-    parser.add_argument("--device", help="device for the backend (default: its own)")
+    add_backend_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="synthetic conveyor seed (default 0)")
-    parser.add_argument("--batch", type=int, default=1, help="frames per detector call, as the stream's (default 1)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="frames per detector call, as the stream's (default 1)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.frames, args.report_every, args.batch) < 1:
-        parser.error("--frames, --report-every and --batch must be at least 1")
+    if min(args.frames, args.report_every, args.batch_size) < 1:
+        parser.error("--frames, --report-every and --batch-size must be at least 1")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     monitor = Monitor(args.report_every)
-    with stop_on_signals(stop), open_detector(args.model, args.backend, args.device) as detector:
-        print(f"soak: {args.frames} synthetic frames through {args.model} ({args.backend}, batch {args.batch}), "
+    with stop_on_signals(stop), open_detector(args.model, args.backend, args.device,
+                                                                  provider=args.provider) as detector:
+        print(f"soak: {args.frames} synthetic frames through {args.model} ({args.backend}, batch {args.batch_size}), "
               f"RSS {status_mib('VmRSS'):.1f} MiB before the first frame\n")
         summary = stream(detector, open_source("synthetic", seed=args.seed), [monitor], frames=args.frames,
-                         stop_event=stop, batch=args.batch)
+                         stop_event=stop, batch=args.batch_size)
         monitor.close()  # while the detector's memory is still held
     if monitor.rows:
         print(f"\n{drift_table(monitor.rows, summary)}")

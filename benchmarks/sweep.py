@@ -2,7 +2,7 @@
 
     python -m benchmarks.sweep --model MODEL_DIR --data PATH [--run RUN_DIR] [--out DIR]
         [--backends torch,onnxruntime,tensorrt] [--precisions fp32,fp16] [--start-t 999,701,501,301,101]
-        [--steps 10,5,3,2,1] [--batch 1,4,8] [--limit N] [--peak-tflops X]
+        [--steps 10,5,3,2,1] [--batch-sizes 1,4,8] [--limit N] [--peak-tflops X] [--device cuda:0]
 
 Per (backend, precision, start_t, steps) the test images are scored once at the first batch size: that pass gives
 I-AUROC, P-AUROC and AU-PRO (the multi-class mean over classes) and its latencies. The other batch sizes only
@@ -39,6 +39,7 @@ from tqdm import tqdm
 from benchmarks.memory import reset_peak, status_mib
 from runtime.backends.base import STAGES, BackendOutput
 from runtime.cli import run_cli
+from runtime.devices import DEVICE_HELP, PROVIDERS
 from runtime.errors import BackendError, DatasetLayoutError, DiadError
 from runtime.manifest import Manifest
 from runtime.metrics import per_class
@@ -49,7 +50,7 @@ from training.evaluate import limit_per_class
 
 DEFAULTS = {
     "backends": "torch,onnxruntime,tensorrt", "precisions": "fp32,fp16", "start_t": "999,701,501,301,101",
-    "steps": "10,5,3,2,1", "batch": "1,4,8",
+    "steps": "10,5,3,2,1", "batch_sizes": "1,4,8",
 }
 VAE_ONLY = "vae-only"
 
@@ -126,18 +127,18 @@ def open_backend(name: str, precision: str, args: argparse.Namespace) -> Any:
         from benchmarks.torch_pipeline import TorchBackend
 
         model, scorer = torch_model(args.run)
-        return TorchBackend(model, scorer, args.torch_device, precision, cuda_graph=args.cuda_graph)
+        return TorchBackend(model, scorer, args.device, precision, cuda_graph=args.cuda_graph)
     manifest = Manifest.load(args.model_for[precision]) if precision in args.model_for else None
     if manifest is None:
         raise ValueError(f"no {precision} model folder (give --model / --model-fp16, or --run to export one)")
     if name == "onnxruntime":
         from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(manifest, args.ort_device)
+        return OnnxRuntimeBackend(manifest, args.device, args.provider)
     if name == "tensorrt":
         from runtime.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(manifest, args.trt_device)
+        return TensorRTBackend(manifest, args.device)
     raise ValueError(f"backend {name!r}: expected torch, onnxruntime or tensorrt")
 
 
@@ -233,7 +234,7 @@ def sweep_backend(
             def run(x: np.ndarray, plan: DDIMPlan = plan) -> BackendOutput:
                 return backend.run(x, plan, noise)
         scores: dict[str, float] = {}
-        for k, batch in enumerate(args.batch):
+        for k, batch in enumerate(args.batch_sizes):
             reset_peak()
             reset_gpu_peak(backend)
             latencies, stages, out = measure(run, data, batch, args.warmup, None if k == 0 else args.latency_batches)
@@ -389,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-batches", type=int, default=3,
                         help="timed batches for the batch sizes after the first (default 3)")
     parser.add_argument("--peak-tflops", type=float, help="hardware peak (TFLOP/s) for the fraction-of-peak column")
-    parser.add_argument("--torch-device", default="cpu", help="PyTorch device (default cpu)")
+    parser.add_argument("--device", default="cpu",
+                        help=f"device of every backend: {DEVICE_HELP} (default cpu; TensorRT needs a CUDA device)")
+    parser.add_argument("--provider", choices=PROVIDERS,
+                        help="ONNX Runtime's execution provider (default the device's own)")
     parser.add_argument("--cuda-graph", action="store_true", help="PyTorch: replay the DDIM loop as a CUDA graph")
-    parser.add_argument("--ort-device", default="cpu", help="ONNX Runtime device: cpu, cuda[:N] (default cpu)")
-    parser.add_argument("--trt-device", default="cuda:0", help="TensorRT device (default cuda:0)")
     parser.add_argument("--no-reference", action="store_true", help="skip the as-released reference baseline")
     return parser
 
@@ -406,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     args.precisions = [p for p in args.precisions.split(",") if p]
-    args.start_t, args.steps, args.batch = ints(args.start_t), ints(args.steps), ints(args.batch)
+    args.start_t, args.steps, args.batch_sizes = ints(args.start_t), ints(args.steps), ints(args.batch_sizes)
     out = Path(args.out)
     manifest = Manifest.load(args.model)
     args.model_for = {manifest.precision: args.model}
@@ -421,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": str(args.model), "data": str(args.data), "images": len(data.images), "warmup": args.warmup,
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs",
-        "grid": {k: getattr(args, k) for k in ("backends", "precisions", "start_t", "steps", "batch")},
+        "grid": {k: getattr(args, k) for k in DEFAULTS},
     }
     rows: list[Row] = []
     skipped: dict[str, str] = {}
@@ -430,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
         write_tables(out, rows, skipped, info)
 
-    per_backend = (len(args.start_t) * len(args.steps) + 1) * len(args.batch)
+    per_backend = (len(args.start_t) * len(args.steps) + 1) * len(args.batch_sizes)
     with tqdm(total=per_backend * len(args.backends) * len(args.precisions), desc="sweep", unit="cfg") as bar:
         for precision in args.precisions:
             backends, missing = open_backends(args, precision)

@@ -1,6 +1,6 @@
 """TensorRT against ONNX Runtime, per model-folder component, through Polygraphy.
 
-    python -m export.compare --model models/bottle [--components a,b] [--batch 2] [--atol 1e-3] [--rtol 1e-3]
+    python -m export.compare --model models/bottle [--components a,b] [--batch-size 2] [--atol 1e-3] [--rtol 1e-3]
 
 Per component: ``onnx.checker`` and the graph's inputs/outputs against the manifest, one ONNX Runtime run on random
 inputs (Polygraphy's ``OnnxrtRunner``) whose outputs must have the manifest's shapes and be finite, then -- where
@@ -20,6 +20,7 @@ import onnx
 from export.tensorrt import BATCH_AXIS, build_engine, parse_components, profile_shapes
 from runtime.backends.tensorrt_env import TensorRTUnavailableError, import_tensorrt, select_device
 from runtime.cli import run_cli
+from runtime.devices import cuda_ordinal
 from runtime.manifest import COMPONENTS, Manifest
 
 SCHEDULE_INPUTS = ("timestep", "alpha_t", "alpha_prev")  # fed real DDIM values, not noise
@@ -145,22 +146,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder (manifest.json + ONNX graphs)")
     p.add_argument("--components", type=parse_components, default=list(COMPONENTS), help="comma-separated subset")
-    p.add_argument("--batch", type=int, default=2, help="batch of the random inputs (default: 2)")
+    p.add_argument("--batch-size", type=int, default=2, help="batch size of the random inputs (default: 2)")
     p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (default: 1e-3)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default: 1e-3)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device (default: 0)")
+    p.add_argument("--device", default="cuda:0", help="CUDA device for TensorRT: cuda or cuda:N (default cuda:0)")
     p.add_argument("--verbose", action="store_true", help="show Polygraphy's own log")
     args = p.parse_args(argv)
-    if args.batch < 1:
-        p.error("--batch must be at least 1")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    device = cuda_ordinal(args.device)
 
     from polygraphy.logger import G_LOGGER
 
     manifest = Manifest.load(args.model)
-    skipped = tensorrt_unavailable(args.device)
+    skipped = tensorrt_unavailable(device)
     with G_LOGGER.verbosity(G_LOGGER.INFO if args.verbose else G_LOGGER.ERROR):
         reports = [
-            compare_component(manifest, c, args.batch, args.atol, args.rtol, skipped is None, args.device)
+            compare_component(manifest, c, args.batch_size, args.atol, args.rtol, skipped is None, device)
             for c in args.components
         ]
     for report in reports:

@@ -4,10 +4,10 @@ The API used is the one TensorRT 10.3 (JetPack 6) and 11.x share: strongly typed
 graph, no precision flags), optimisation profiles, the name-based tensor API. An engine only runs on the TensorRT
 version and GPU architecture it was built for, so its file name and manifest entry carry both, and the manifest
 keeps one engine per such target (building for another GPU adds engines, rebuilding for the same one replaces
-them). ``--device N`` builds on CUDA device N::
+them). ``--device cuda:N`` builds on CUDA device N::
 
     python -m export.tensorrt --model models/bottle [--components denoise_step] [--opt-batch 1] [--max-batch 8] \
-        [--device 0]
+        [--device cuda:0]
 
 TensorRT and cuda-python are imported lazily: this module imports without them; the helpers it shares with
 :mod:`runtime.backends.tensorrt` live in :mod:`runtime.backends.tensorrt_env`.
@@ -23,6 +23,7 @@ from typing import Any
 
 from runtime.backends.tensorrt_env import engine_filename, import_tensorrt, select_device
 from runtime.cli import run_cli
+from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
 from runtime.manifest import BATCH_AXIS, COMPONENTS, MANIFEST, Manifest, file_entry
 
@@ -142,21 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--optimization-level", type=int, choices=range(6), default=3, help="builder level (default: 3)")
     p.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, loaded and updated")
     p.add_argument("--workspace-gb", type=float, default=None, help="builder workspace limit in GiB")
-    p.add_argument("--device", type=int, default=0, help="CUDA device (default: 0)")
+    p.add_argument("--device", default="cuda:0", help="CUDA device to build on: cuda or cuda:N (default cuda:0)")
     args = p.parse_args(argv)
 
+    device = cuda_ordinal(args.device)
     trt = import_tensorrt()
-    capability = select_device(args.device)
+    capability = select_device(device)
     manifest = Manifest.load(args.model)
     max_batch = manifest.max_batch if args.max_batch is None else args.max_batch
     if not 1 <= args.opt_batch <= max_batch:
         p.error(f"need 1 <= --opt-batch <= max batch, got {args.opt_batch} and {max_batch}")
-    print(f"TensorRT {trt.__version__}, CUDA device {args.device} (compute capability {capability}), "
+    print(f"TensorRT {trt.__version__}, CUDA device {device} (compute capability {capability}), "
           f"batch 1/{args.opt_batch}/{max_batch}")
     for component in args.components:
         start = time.perf_counter()
         entry = build_component(
-            manifest, component, args.opt_batch, max_batch, args.device, optimization_level=args.optimization_level,
+            manifest, component, args.opt_batch, max_batch, device, optimization_level=args.optimization_level,
             timing_cache=args.timing_cache, workspace_gb=args.workspace_gb,
         )
         print(f"{component}: {entry['file']} ({entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")

@@ -51,8 +51,8 @@ import numpy as np
 
 from runtime import metrics
 from runtime.backends.base import BackendOutput
-from runtime.cli import run_cli
-from runtime.detector import BACKENDS, Detector
+from runtime.cli import add_backend_arguments, run_cli
+from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
 from runtime.limits import Limits
 from runtime.manifest import MANIFEST, Thresholds
@@ -512,8 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-fpr", type=float, default=0.001, help="target pixel false-positive rate (0.001)")
     parser.add_argument("--validation", help="labelled folder (good/ and <defect>/ subfolders): F1-optimal thresholds")
     parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
-    parser.add_argument("--device", help="device (default cpu for onnxruntime, cuda:0 for tensorrt)")
+    add_backend_arguments(parser)
     parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's)")
     parser.add_argument("--start-t", type=int, help="start timestep to calibrate for (default: the manifest's)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default the manifest's max_batch)")
@@ -533,8 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.masks and not args.validation:
         parser.error("--masks needs --validation")
     good = list_images(args.images)  # fail on a missing folder before loading the model
-    with Detector(args.model, args.backend, args.device, args.steps, args.start_t,
-                  limits=Limits.from_args(args)) as detector, warnings.catch_warnings():
+    with Detector(args.model, args.backend, args.device, args.steps, args.start_t, limits=Limits.from_args(args),
+                  provider=args.provider) as detector, warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them, and standard error
         thresholds = calibrate(detector, good, args.validation, args.fpr, args.pixel_fpr, args.batch_size,
                                args.masks, progress=True)

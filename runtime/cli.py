@@ -1,10 +1,22 @@
 """Shared command-line plumbing: user errors print one clear line and exit non-zero."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from runtime.devices import BACKENDS, DEVICE_HELP, PROVIDERS
 from runtime.errors import DiadError
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--device`` and ``--provider`` (:mod:`runtime.devices`), alike in every command."""
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                        help="onnxruntime (default) or tensorrt: native TensorRT engines (python -m export.tensorrt)")
+    parser.add_argument("--device", help=f"{DEVICE_HELP} (default cpu for onnxruntime, cuda:0 for tensorrt)")
+    parser.add_argument("--provider", choices=PROVIDERS,
+                        help="onnxruntime's execution provider: cpu, cuda or tensorrt (ONNX Runtime's TensorRT "
+                        "provider; default the device's own)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:

@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
+from runtime.devices import BACKENDS
 from runtime.errors import BackendError, FrameError, ModelFolderError
 from runtime.limits import Limits
 from runtime.manifest import Manifest
 from runtime.preprocess import check_rgb, preprocess
 from runtime.schedule import fixed_noise
 from runtime.scoring import normalize
-
-BACKENDS = ("onnxruntime", "tensorrt")
-
 
 @dataclass
 class Prediction:
@@ -41,12 +39,16 @@ class Prediction:
     reconstruction: np.ndarray | None = None
 
 
-def make_backend(manifest: Manifest, backend: str, device: str | None) -> Backend:
+def make_backend(manifest: Manifest, backend: str, device: str | None, provider: str | None = None) -> Backend:
+    """``backend`` on ``device`` (default cpu for ONNX Runtime, cuda:0 for TensorRT); ``provider``: ONNX Runtime's
+    execution provider (:mod:`runtime.devices`)."""
     if backend == "onnxruntime":
         from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(manifest, device or "cpu")
+        return OnnxRuntimeBackend(manifest, device or "cpu", provider)
     if backend == "tensorrt":
+        if provider is not None:
+            raise BackendError(f"provider {provider!r}: a provider applies to the onnxruntime backend only")
         from runtime.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(manifest, device or "cuda:0")
@@ -70,6 +72,7 @@ class Detector:
         start_t: int | None = None,
         verify: bool = True,
         limits: Limits | None = None,
+        provider: str | None = None,
     ):
         self.manifest = Manifest.load(model_dir, verify)
         self.limits = limits or Limits()
@@ -80,7 +83,7 @@ class Detector:
                 f"{self.manifest.root}: cannot run DDIM steps={steps}, start_t={start_t}: {exc}"
             ) from None
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
-        self.backend = make_backend(self.manifest, backend, device)
+        self.backend = make_backend(self.manifest, backend, device, provider)
         self._chunks: deque[int] = deque()  # per submitted batch, its chunks
         self._collected: deque[BackendOutput] = deque()  # chunks collected ahead of their batch
         self.thresholds = self.manifest.thresholds

@@ -6,7 +6,7 @@
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
 drops stale frames (counted) instead of falling behind, and a lost stream reconnects with backoff. Files, folders
-and the synthetic feed are scored frame by frame (or ``--batch`` at a time). The stream is a pipeline of three
+and the synthetic feed are scored frame by frame (or ``--batch-size`` at a time). The stream is a pipeline of three
 threads: while the model scores batch N, the next batch is captured, decoded and pre-processed and the one before
 is annotated and written (ONNX Runtime releases the GIL; TensorRT computes on its own streams, two batches in
 flight). Every frame gives one record, in order: a verdict, or an error when it cannot be read or decoded, is over
@@ -44,8 +44,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from runtime.cli import run_cli
-from runtime.detector import BACKENDS, Detector, Prediction
+from runtime.cli import add_backend_arguments, run_cli
+from runtime.detector import Detector, Prediction
 from runtime.errors import DiadError, ModelFolderError
 from runtime.limits import Limits
 from runtime.metrics import auroc
@@ -102,10 +102,11 @@ def open_detector(
     steps: int | None = None,
     start_t: int | None = None,
     limits: Limits | None = None,
+    provider: str | None = None,
 ) -> Detector:
     """The :class:`Detector` of ``model`` (see :func:`require_model_folder`)."""
     require_model_folder(model)
-    detector = Detector(model, backend, device, steps, start_t, limits=limits)
+    detector = Detector(model, backend, device, steps, start_t, limits=limits, provider=provider)
     if not detector.thresholds.calibrated:
         log.warning("%s has no thresholds: label and pred_score are null (calibrate with runtime.calibrate)", model)
     return detector
@@ -640,13 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="synthetic",
                         help="camera index, video file, RTSP/HTTP URL, image folder or glob, or 'synthetic' (default)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL}: make demo)")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="inference backend")
-    parser.add_argument("--device", help="onnxruntime: cpu (default), cuda[:N] or tensorrt[:N]; tensorrt: cuda:N")
+    add_backend_arguments(parser)
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the model folder's)")
     parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
     parser.add_argument("--frames", type=int, help="stop after this many frames (default: the end of the source)")
     parser.add_argument("--max-fps", type=float, help="read at most this many frames per second")
-    parser.add_argument("--batch", type=int, default=1,
+    parser.add_argument("--batch-size", type=int, default=1,
                         help="files and synthetic feed: score this many frames per call (default 1; live sources 1)")
     parser.add_argument("--loop", action="store_true", help="replay a video file or image folder")
     parser.add_argument("--seed", type=int, default=0, help="synthetic source: random seed (default 0)")
@@ -665,8 +665,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be at least 1")
-    if args.batch < 1:
-        parser.error("--batch must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.max_fps is not None and args.max_fps <= 0:
         parser.error("--max-fps must be positive")
     if not 0.0 <= args.defect_rate <= 1.0:
@@ -696,13 +696,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ExitStack() as stack:
             try:
                 detector = stack.enter_context(open_detector(args.model, args.backend, args.device, args.steps,
-                                                             args.start_t, limits))
+                                                             args.start_t, limits, args.provider))
                 records, frame_sinks = _open_sinks(args, stack)
             except BaseException:
                 source.close()
                 raise
             summary = stream(detector, source, records, frame_sinks, frames=args.frames, stop_event=stop,
-                             time_format=args.time, batch=args.batch)
+                             time_format=args.time, batch=args.batch_size)
     if received:
         log.info("stopped by %s after the frame in flight", received[0])
     print(f"summary: {summary_text(summary)}", file=sys.stderr)

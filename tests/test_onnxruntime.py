@@ -43,7 +43,7 @@ def _options(asked: dict[str, list], component: str) -> tuple[list[str], dict[st
 
 def test_tensorrt_provider_caches_engines_built_for_the_batch_range(asked, tmp_path):
     folder = make_folder(tmp_path / "model", "fp32")
-    OnnxRuntimeBackend(folder, "tensorrt:1").close()
+    OnnxRuntimeBackend(folder, "cuda:1", "tensorrt").close()
     cache = folder.root / ENGINE_CACHE
     assert cache.is_dir()
     names, options = _options(asked, "denoise_step")
@@ -66,7 +66,7 @@ def test_tensorrt_provider_caches_engines_built_for_the_batch_range(asked, tmp_p
 
 
 def test_fp16_kernels_only_for_an_fp16_folder_and_no_tensorrt_options_on_cuda(asked, tmp_path):
-    OnnxRuntimeBackend(make_folder(tmp_path / "fp16", "fp16"), "tensorrt").close()
+    OnnxRuntimeBackend(make_folder(tmp_path / "fp16", "fp16"), "cuda", "tensorrt").close()
     assert _options(asked, "vae_decoder")[1]["TensorrtExecutionProvider"]["trt_fp16_enable"] is True
     OnnxRuntimeBackend(make_folder(tmp_path / "fp32", "fp32"), "cuda:2").close()
     names, options = _options(asked, "vae_decoder")
@@ -78,6 +78,6 @@ def test_engine_cache_goes_to_the_user_cache_when_the_folder_cannot_hold_it(aske
     folder = make_folder(tmp_path / "model", "fp32")
     (folder.root / ENGINE_CACHE).write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    OnnxRuntimeBackend(folder, "tensorrt").close()
+    OnnxRuntimeBackend(folder, "cuda", provider="tensorrt").close()
     path = _options(asked, "scorer")[1]["TensorrtExecutionProvider"]["trt_engine_cache_path"]
     assert path.startswith(str(tmp_path / "cache" / "diad-edge" / "ort-trt")) and Path(path).is_dir()

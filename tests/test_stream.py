@@ -112,7 +112,7 @@ def test_batches_score_like_single_frames_and_keep_order(model_dir, synthetic_da
     (folder / "2b.png").write_bytes(b"")  # an empty file inside the second batch
     runs = {}
     for batch in ("1", "3"):
-        assert main(["--model", str(model_dir), "--source", str(folder), "--batch", batch, "--frames", "5"]) == 0
+        assert main(["--model", str(model_dir), "--source", str(folder), "--batch-size", batch, "--frames", "5"]) == 0
         captured = capsys.readouterr()
         runs[batch] = _lines(captured.out)
         assert _summary(captured.err) == (5, 1, 0)  # the frame limit counts the error frame too
@@ -344,7 +344,7 @@ def test_no_file_stops_the_stream_and_limits_are_error_lines(tiny, tmp_path, cap
     (folder / "d_text.png").write_bytes(b"just text")
     (folder / "e.png").write_bytes(good)
     (folder / "f_large.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes())
-    args = ["--model", str(tiny), "--source", str(folder), "--batch", "2", "--max-pixels", "1000"]
+    args = ["--model", str(tiny), "--source", str(folder), "--batch-size", "2", "--max-pixels", "1000"]
     assert main(args) == 0
     captured = capsys.readouterr()
     records = _lines(captured.out)

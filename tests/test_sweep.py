@@ -26,7 +26,7 @@ def sweep(model_dir, tiny_run, synthetic_data, tmp_path_factory):
     assert main([
         "--model", str(model_dir), "--data", str(synthetic_data), "--run", str(tiny_run), "--out", str(out),
         "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32", "--start-t", "399",
-        "--steps", "2,1", "--batch", "1,2", "--limit", "2", "--latency-batches", "1",
+        "--steps", "2,1", "--batch-sizes", "1,2", "--limit", "2", "--latency-batches", "1",
     ]) == 0
     return out, json.loads((out / "sweep.json").read_text())
 
@@ -40,9 +40,8 @@ def test_grid_rows_baselines_and_files(sweep):
     reference = [r for r in rows if r["method"] == "reference"]
     assert len(reference) == 1 and reference[0]["steps"] == 10 and reference[0]["start_t"] == 999
     assert math.isclose(reference[0]["speedup"], 1.0)
-    # this folder has no engines, so TensorRT is skipped with or without TensorRT here, and says what to do
-    reason = result["skipped"]["tensorrt fp32"]
-    assert "pip install tensorrt" in reason or "python -m export.tensorrt" in reason or "NVIDIA GPU" in reason
+    # on --device cpu (the default) TensorRT is skipped, and says what it needs
+    assert result["skipped"]["tensorrt fp32"] == "device 'cpu': TensorRT runs on a CUDA device, cuda or cuda:N"
     for r in rows:
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and 0 <= r["i_auroc"] <= 1
         assert r["gflops"] > 0 and math.isclose(r["speedup"], reference[0]["p50_ms"] / r["p50_ms"], rel_tol=1e-9)
@@ -71,12 +70,16 @@ def test_a_backend_that_cannot_open_is_skipped_with_its_whole_reason(tmp_path, m
     fake_tensorrt.install(monkeypatch)
     folder = make_folder(tmp_path / "model")
     args = argparse.Namespace(backends=["tensorrt", "onnxruntime"], model_for={"fp32": str(folder.root)},
-                              trt_device="cuda:0", ort_device="cpu", run=None)
+                              device="cpu", provider=None, run=None)
     opened, skipped = open_backends(args, "fp32")
     assert list(opened) == ["onnxruntime"]
     opened["onnxruntime"].close()
+    assert skipped["tensorrt"] == "device 'cpu': TensorRT runs on a CUDA device, cuda or cuda:N"
+    args.backends, args.device = ["tensorrt"], "cuda:0"
+    skipped = open_backends(args, "fp32")[1]
     assert skipped["tensorrt"].startswith(f"{folder.root}/manifest.json: no vae_encoder engine for TensorRT 10.3.0")
-    assert skipped["tensorrt"].endswith(f"Build them here: python -m export.tensorrt --model {folder.root} --device 0")
+    assert skipped["tensorrt"].endswith(
+        f"Build them here: python -m export.tensorrt --model {folder.root} --device cuda:0")
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ def grid(tmp_path, synthetic_data):
     folder = make_folder(tmp_path / "model")
     return tmp_path / "sweep", [
         "--model", str(folder.root), "--data", str(synthetic_data), "--out", str(tmp_path / "sweep"),
-        "--backends", "onnxruntime", "--precisions", "fp32", "--start-t", "399", "--steps", "2,1", "--batch", "1",
+        "--backends", "onnxruntime", "--precisions", "fp32", "--start-t", "399", "--steps", "2,1", "--batch-sizes", "1",
         "--limit", "1", "--warmup", "0",
     ]
 

@@ -81,7 +81,7 @@ def test_find_engine_names_the_targets_built_and_the_command(folder32):
     message = str(other.value)
     assert "no scorer engine for TensorRT 11.1.0 on compute capability 8.7 (CUDA device 1)" in message
     assert "scorer.trt10.3.0.sm87.engine (TensorRT 10.3.0, compute capability 8.7)" in message
-    assert message.endswith(f"python -m export.tensorrt --model {folder32.root} --device 1")
+    assert message.endswith(f"python -m export.tensorrt --model {folder32.root} --device cuda:1")
     with pytest.raises(ModelFolderError, match="no vae_encoder engine .* it has none. Build them here"):
         trt_env.find_engine(folder32, "vae_encoder", "10.3.0", "8.7", 0)
 
@@ -156,7 +156,7 @@ def test_compare_reports_a_failing_component(folder32, monkeypatch, capsys):
     onnx.save(encoder, str(folder32.root / "vae_encoder.onnx"))
     folder32.data["components"]["vae_encoder"].update(file_entry(folder32.root, "vae_encoder.onnx"))
     folder32.save()
-    assert compare.main(["--model", str(folder32.root), "--components", "vae_encoder,scorer", "--batch", "1"]) == 1
+    assert compare.main(["--model", str(folder32.root), "--components", "vae_encoder,scorer", "--batch-size", "1"]) == 1
     out = capsys.readouterr().out
     assert "vae_encoder: FAIL" in out and "the manifest lists" in out and "expected (1, 4, 4, 4)" in out
     assert "scorer: pass" in out and "1/2 components pass; failed: ['vae_encoder']" in out
@@ -267,10 +267,9 @@ def test_shared_buffers_need_equal_shapes():
         backend_trt.check_shared_shapes(engines)
 
 
-def test_device_index():
-    assert backend_trt.device_index("cuda") == 0 and backend_trt.device_index("cuda:1") == 1
-    with pytest.raises(BackendError, match="'cuda' or 'cuda:N'"):
-        backend_trt.device_index("cpu")
+def test_tensorrt_needs_a_cuda_device(folder32):
+    with pytest.raises(BackendError, match="device 'cpu': TensorRT runs on a CUDA device, cuda or cuda:N"):
+        backend_trt.TensorRTBackend(folder32, "cpu")
 
 
 # ------------------------------------------------------------- our logic on test doubles (helpers.fake_tensorrt)
@@ -299,14 +298,14 @@ def assert_like_onnxruntime(manifest: Manifest, out, images: np.ndarray, plan, n
 def test_engines_are_built_on_the_device_asked_for(fake, folder32, capsys):
     """Issue 12.3: ``--device 1`` only changed the label; the engine was built on GPU 0 and did not load on 1."""
     _, cudart = fake
-    manifest = build(folder32, "--device", "1")
+    manifest = build(folder32, "--device", "cuda:1")
     assert cudart.current == 1
     for name in COMPONENTS:
         entry = manifest.engine(name, "10.3.0", "8.9")
         assert entry["file"] == f"{name}.trt10.3.0.sm89.engine"
         header = manifest.check_file(entry).read_bytes().partition(fake_tensorrt.HEADER_END)[0]
         assert json.loads(header)["capability"] == "8.9"  # built on device 1 itself
-    manifest = build(manifest, "--device", "0")
+    manifest = build(manifest, "--device", "cuda")
     assert all(len(manifest.engines[name]) == 2 for name in COMPONENTS)
 
     images, noise, plan = batches(3)[0], np.zeros(LATENT, np.float32), manifest.plan()
@@ -319,20 +318,25 @@ def test_engines_are_built_on_the_device_asked_for(fake, folder32, capsys):
     assert cudart.leaks() == {}
 
     with pytest.raises(SystemExit) as exit_:
-        run_cli(export_trt.main, ["--model", str(manifest.root), "--device", "2"])
+        run_cli(export_trt.main, ["--model", str(manifest.root), "--device", "cuda:2"])
     assert exit_.value.code == 2
     assert "error: CUDA device 2 does not exist: this machine has 2 (0 to 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the old spelling, a bare number, is refused with the new one
+        run_cli(export_trt.main, ["--model", str(manifest.root), "--device", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error: device '1': expected cpu, cuda or cuda:N (cuda:1 for" in err
     with pytest.raises(trt_env.TensorRTUnavailableError, match="CUDA device 5 does not exist"):
         backend_trt.TensorRTBackend(manifest, "cuda:5")
 
 
 def test_bad_engines_are_refused_with_what_to_run(fake, folder32):
     trt, cudart = fake
-    manifest = build(folder32, "--device", "0", "--components", "vae_encoder,hint_encoder,denoise_step,vae_decoder")
-    rebuild = f"python -m export.tensorrt --model {folder32.root} --device 0"
+    manifest = build(folder32, "--device", "cuda:0",
+                     "--components", "vae_encoder,hint_encoder,denoise_step,vae_decoder")
+    rebuild = f"python -m export.tensorrt --model {folder32.root} --device cuda:0"
     with pytest.raises(ModelFolderError, match=r"no scorer engine for TensorRT 10.3.0 .* it has none"):
         backend_trt.TensorRTBackend(manifest, "cuda:0")
-    manifest = build(manifest, "--device", "0", "--components", "scorer")
+    manifest = build(manifest, "--device", "cuda:0", "--components", "scorer")
     with pytest.raises(ModelFolderError, match=r"no vae_encoder engine .* compute capability 8\.9 \(CUDA device 1\)"):
         backend_trt.TensorRTBackend(manifest, "cuda:1")  # built for 8.6 only
     trt.__version__ = "11.1.0"
@@ -364,7 +368,7 @@ def test_bad_engines_are_refused_with_what_to_run(fake, folder32):
 
 @pytest.fixture
 def engines(fake, folder32) -> Manifest:
-    return build(folder32, "--device", "0")
+    return build(folder32, "--device", "cuda:0")
 
 
 def test_graphs_replay_after_batch_size_changes(fake, engines):

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: CPU by default, the CUDA or TensorRT execution provider when installed.
+"""ONNX Runtime backend: CPU by default, the CUDA or TensorRT execution provider (``provider``) when installed.
 
 Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
 memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
+from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
 from runtime.manifest import COMPONENTS, MANIFEST, Manifest
 from runtime.schedule import DDIMPlan, q_sample
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 
-PROVIDERS = {
+PROVIDERS = {  # runtime.devices.PROVIDERS: ONNX Runtime's execution providers, in order of preference
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -40,14 +41,6 @@ def _import_ort():
             "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT)"
         ) from None
     return onnxruntime
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"tensorrt"`` or ``"tensorrt:0"`` -> (kind, device id)."""
-    kind, _, index = device.partition(":")
-    if kind not in PROVIDERS or (index and not index.isdigit()):
-        raise BackendError(f"device {device!r}: expected cpu, cuda[:N] or tensorrt[:N]")
-    return kind, int(index or 0)
 
 
 def engine_cache(manifest: Manifest) -> Path:
@@ -81,10 +74,12 @@ def profile_shapes(manifest: Manifest, component: str) -> dict[str, str]:
     }
 
 
-def session_providers(manifest: Manifest, component: str, kind: str, device_id: int, cache: Path | None) -> list:
-    """The execution providers, with their options, for ``component``'s session on ``kind`` (``PROVIDERS``)."""
+def session_providers(
+    manifest: Manifest, component: str, provider: str, device_id: int, cache: Path | None
+) -> list:
+    """The execution providers, with their options, for ``component``'s session with ``provider`` (``PROVIDERS``)."""
     options: dict[str, dict] = {"CUDAExecutionProvider": {"device_id": device_id}}
-    if kind == "tensorrt":
+    if provider == "tensorrt":
         options["TensorrtExecutionProvider"] = {
             "device_id": device_id,
             "trt_engine_cache_enable": True,
@@ -94,17 +89,19 @@ def session_providers(manifest: Manifest, component: str, kind: str, device_id: 
             "trt_fp16_enable": manifest.precision == "fp16",
             **profile_shapes(manifest, component),
         }
-    return [(p, options[p]) if p in options else p for p in PROVIDERS[kind]]
+    return [(p, options[p]) if p in options else p for p in PROVIDERS[provider]]
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self, manifest: Manifest, device: str = "cpu", provider: str | None = None, threads: int | None = None
+    ):
         super().__init__(manifest, device)
+        self.provider, self.device_id = onnxruntime_provider(device, provider)
         ort = _import_ort()
-        self.kind, self.device_id = parse_device(device)
-        wanted = PROVIDERS[self.kind]
+        wanted = PROVIDERS[self.provider]
         if wanted[0] not in ort.get_available_providers():
             raise BackendError(
                 f"ONNX Runtime has no {wanted[0]} here (available: {ort.get_available_providers()}); "
@@ -114,12 +111,13 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        cache = engine_cache(manifest) if self.kind == "tensorrt" else None
+        cache = engine_cache(manifest) if self.provider == "tensorrt" else None
         self.sessions = {
-            name: self._session(ort, name, options, session_providers(manifest, name, self.kind, self.device_id, cache))
+            name: self._session(ort, name, options, session_providers(manifest, name, self.provider, self.device_id,
+                                                                      cache))
             for name in COMPONENTS
         }
-        self.memory = "cpu" if self.kind == "cpu" else "cuda"
+        self.memory = "cpu" if self.provider == "cpu" else "cuda"
         self._ort = ort
         self._step_values: dict[tuple, list] = {}
 

@@ -39,7 +39,8 @@ from runtime.backends.tensorrt_env import (
     import_tensorrt,
     select_device,
 )
-from runtime.errors import BackendError, ModelFolderError
+from runtime.devices import cuda_ordinal
+from runtime.errors import ModelFolderError
 from runtime.manifest import COMPONENTS, Manifest
 from runtime.schedule import DDIMPlan, q_sample
 
@@ -77,14 +78,6 @@ def check_shared_shapes(engines: dict[str, Engine]) -> None:
     for tensors in groups.values():
         if len(set(tensors.values())) > 1:
             raise ModelFolderError(f"engines disagree on a shared tensor's shape: {tensors}")
-
-
-def device_index(device: str) -> int:
-    """``"cuda"`` / ``"cuda:N"`` -> N."""
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or not (index == "" or index.isdigit()):
-        raise BackendError(f"device {device!r}: the TensorRT backend runs on 'cuda' or 'cuda:N'")
-    return int(index or 0)
 
 
 def step_inputs(plan: DDIMPlan, batch: int) -> np.ndarray:
@@ -391,12 +384,12 @@ class TensorRTBackend(Backend):
 
     def __init__(self, manifest: Manifest, device: str = "cuda", verify: bool = True):
         super().__init__(manifest, device)
+        self.index = cuda_ordinal(device)
         trt = import_tensorrt()
-        self.index = device_index(device)
         capability = select_device(self.index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        rebuild = f"rebuild it: python -m export.tensorrt --model {manifest.root} --device {self.index}"
+        rebuild = f"rebuild it: python -m export.tensorrt --model {manifest.root} --device cuda:{self.index}"
         self.engines = {}
         for name in COMPONENTS:
             entry = find_engine(manifest, name, trt.__version__, capability, self.index)

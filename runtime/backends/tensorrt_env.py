@@ -81,7 +81,7 @@ def compute_capability(device: int = 0) -> str:
     if not 0 <= device < count:
         raise TensorRTUnavailableError(
             f"CUDA device {device} does not exist: this machine has {count} (0 to {count - 1}); choose one with "
-            "--device (nvidia-smi lists them)"
+            "--device cuda:N (nvidia-smi lists them)"
         )
     props = cuda_call("cudaGetDeviceProperties", device)
     return f"{props.major}.{props.minor}"
@@ -112,5 +112,5 @@ def find_engine(manifest: Manifest, component: str, trt_version: str, capability
     raise ModelFolderError(
         f"{manifest.root / MANIFEST}: no {component} engine for TensorRT {trt_version} on compute capability "
         f"{capability} (CUDA device {device}); {have}. Build them here: python -m export.tensorrt --model "
-        f"{manifest.root} --device {device}"
+        f"{manifest.root} --device cuda:{device}"
     )

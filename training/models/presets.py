@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.cli import run_cli
+
 INJECTIONS = ("mid+sff", "all")
 SFF_INITS = ("small_random", "zero")
 TRAINABLE_SETS = ("sg", "sg+decoder")
@@ -282,4 +284,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
