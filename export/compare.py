@@ -21,9 +21,7 @@ from export.tensorrt import BATCH_AXIS, build_engine, parse_components, profile_
 from runtime.backends.tensorrt_env import TensorRTUnavailableError, import_tensorrt, select_device
 from runtime.cli import run_cli
 from runtime.devices import cuda_ordinal
-from runtime.manifest import COMPONENTS, Manifest
-
-SCHEDULE_INPUTS = ("timestep", "alpha_t", "alpha_prev")  # fed real DDIM values, not noise
+from runtime.manifest import COMPONENTS, Manifest, schedule_inputs
 
 
 @dataclass
@@ -64,7 +62,7 @@ def random_inputs(manifest: Manifest, component: str, batch: int, seed: int = 0)
     rng = np.random.default_rng(seed)
     plan = manifest.plan()
     steps = np.arange(batch) % len(plan.timesteps)
-    schedule = dict(zip(SCHEDULE_INPUTS, (plan.timesteps[steps], plan.alphas[steps], plan.alphas_prev[steps])))
+    schedule = {name: values[steps] for name, values in schedule_inputs(plan).items()}
     feed = {}
     for name, dims in manifest.component(component)["inputs"].items():
         shape = (batch, *dims[1:])

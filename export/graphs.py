@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from runtime.manifest import COMPONENT_IO
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer
 
@@ -66,23 +67,22 @@ class VaeDecoderGraph(nn.Module):
 
 @dataclass(frozen=True)
 class Component:
-    """A graph to export: its module, example inputs (batch 2, so nothing specialises on batch 1) and I/O."""
+    """A graph to export: its module and example inputs (batch 2, so nothing specialises on batch 1), its tensors
+    named by :data:`runtime.manifest.COMPONENT_IO`."""
 
     name: str
     module: nn.Module
     inputs: dict[str, torch.Tensor]
-    outputs: dict[str, tuple[int, ...]]
 
-    def io_spec(self) -> dict[str, dict[str, list]]:
-        """Shapes with the batch axis written ``"B"``, for the manifest."""
+    @classmethod
+    def of(cls, name: str, module: nn.Module, *examples: torch.Tensor) -> Component:
+        """``examples`` in the table's input order, which is the order of ``module.forward``'s arguments."""
+        return cls(name, module, COMPONENT_IO[name].named_inputs(*examples))
 
-        def spec(shape: tuple[int, ...]) -> list:
-            return ["B", *shape[1:]]
-
-        return {
-            "inputs": {k: spec(tuple(v.shape)) for k, v in self.inputs.items()},
-            "outputs": {k: spec(v) for k, v in self.outputs.items()},
-        }
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The output names, in the order ``module`` returns them."""
+        return tuple(COMPONENT_IO[self.name].outputs)
 
 
 def components(model: DiAD, scorer: FeatureScorer, batch: int = 2) -> list[Component]:
@@ -93,21 +93,19 @@ def components(model: DiAD, scorer: FeatureScorer, batch: int = 2) -> list[Compo
     with torch.no_grad():
         latent = model.vae.encode_mean(image)
         hint = model.sg.encode_hint(image)
-    vector = torch.full((batch,), 0.5, device=device)
-    lat, hin = tuple(latent.shape), tuple(hint.shape)
+    timestep, alpha = torch.full((batch,), 501.0, device=device), torch.full((batch,), 0.5, device=device)
     return [
-        Component("vae_encoder", VaeEncoderGraph(model), {"image": image}, {"latent": lat}),
-        Component("hint_encoder", HintEncoderGraph(model), {"image": image}, {"hint": hin}),
-        Component(
-            "denoise_step",
-            DenoiseStepGraph(model),
-            {"x_t": latent, "hint": hint, "timestep": torch.full((batch,), 501.0, device=device),
-             "alpha_t": vector, "alpha_prev": vector + 0.1},
-            {"x_prev": lat},
-        ),
-        Component("vae_decoder", VaeDecoderGraph(model), {"latent": latent}, {"image": tuple(image.shape)}),
-        Component(
-            "scorer", scorer, {"image": image, "reconstruction": image.flip(0)},
-            {"anomaly_map": (batch, size, size), "score": (batch,)},
-        ),
+        Component.of("vae_encoder", VaeEncoderGraph(model), image),
+        Component.of("hint_encoder", HintEncoderGraph(model), image),
+        Component.of("denoise_step", DenoiseStepGraph(model), latent, hint, timestep, alpha, alpha + 0.1),
+        Component.of("vae_decoder", VaeDecoderGraph(model), latent),
+        Component.of("scorer", scorer, image, image.flip(0)),
     ]
+
+
+def example_shapes(graphs: list[Component]) -> dict[str, list[int]]:
+    """Per kind of tensor (:data:`runtime.manifest.COMPONENT_IO`), the per-image shape of the example inputs."""
+    return {
+        kind: list(graph.inputs[name].shape[1:])
+        for graph in graphs for name, kind in COMPONENT_IO[graph.name].inputs.items()
+    }

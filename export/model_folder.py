@@ -11,14 +11,23 @@ from pathlib import Path
 from tqdm import tqdm
 
 from export.fp16 import to_fp16
-from export.graphs import Component, components
+from export.graphs import Component, components, example_shapes
 from export.onnx import DEFAULT_OPSET, check, export_component, save
 from runtime.errors import ModelFolderError
-from runtime.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, Manifest, file_entry
+from runtime.manifest import (
+    COMPONENTS,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PRECISIONS,
+    Manifest,
+    expected_tensors,
+    file_entry,
+)
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
-from training.models.presets import ModelConfig
 from training.models.diad import DiAD
+from training.models.presets import ModelConfig
 from training.models.scorer import FeatureScorer
 
 LIBRARIES = ("diad-edge", "torch", "diffusers", "timm", "onnx", "onnxruntime")
@@ -130,12 +139,14 @@ def write_model_folder(
     graphs = components(model, scorer)
     exported = [export_one(c, partial, precision, opset) for c in tqdm(graphs, desc="export", disable=not progress)]
 
+    shapes = example_shapes(graphs)
+    latent_shape, hint_shape = shapes["latent"], shapes["hint"]
+    tensors = expected_tensors(config.image_size, latent_shape, hint_shape)
     entries = {}
-    for graph, result in zip(graphs, exported):
+    for result in exported:
         entry = file_entry(partial, result.files[0].name)
         entry["external_data"] = [file_entry(partial, f.name) for f in result.files[1:]]
-        entries[graph.name] = {**entry, **graph.io_spec()}
-    latent_shape = list(graphs[0].outputs["latent"][1:])
+        entries[result.name] = {**entry, **tensors[result.name]}
     data = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -144,7 +155,7 @@ def write_model_folder(
         "preset": config.name,
         "image_size": config.image_size,
         "latent_shape": latent_shape,
-        "hint_shape": list(graphs[1].outputs["hint"][1:]),
+        "hint_shape": hint_shape,
         "injection": model.sg.injection,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": "pil-bilinear-antialias"},
         "precision": precision,

@@ -15,7 +15,7 @@ import torch
 
 from export.graphs import Component, components
 from runtime.errors import DiadError
-from runtime.manifest import Manifest
+from runtime.manifest import COMPONENT_IO, SCHEDULE_INPUTS, Manifest, schedule_inputs
 from runtime.schedule import ddim_plan, fixed_noise, q_sample
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer
@@ -47,7 +47,7 @@ def session(path: str) -> ort.InferenceSession:
 
 def real_inputs(model: DiAD, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Per component, inputs met in real inference: the images, their latents noised as the plan does, the
-    hint, a DDIM step's numbers and the VAE's reconstructions."""
+    hint, the first DDIM step's numbers and the VAE's reconstructions."""
     config = model.config
     plan = ddim_plan(config.inference.steps, config.inference.start_t)
     batch = len(images)
@@ -57,30 +57,27 @@ def real_inputs(model: DiAD, images: np.ndarray) -> dict[str, dict[str, np.ndarr
         hint = model.sg.encode_hint(x).numpy()
         recon = model.vae.decode(torch.from_numpy(latent)).numpy()
     noised = q_sample(latent, fixed_noise(latent.shape[1:], config.inference.noise_seed), plan.start_alpha)
-
-    def vector(value: float) -> np.ndarray:
-        return np.full((batch,), value, np.float32)
-
-    return {
-        "vae_encoder": {"image": images},
-        "hint_encoder": {"image": images},
-        "denoise_step": {
-            "x_t": noised, "hint": hint, "timestep": vector(plan.timesteps[0]),
-            "alpha_t": vector(plan.alphas[0]), "alpha_prev": vector(plan.alphas_prev[0]),
-        },
-        "vae_decoder": {"latent": latent},
-        "scorer": {"image": images, "reconstruction": recon},
+    first_step = [np.full((batch,), values[0], np.float32) for values in schedule_inputs(plan).values()]
+    arrays = {
+        "vae_encoder": (images,),
+        "hint_encoder": (images,),
+        "denoise_step": (noised, hint, *first_step),
+        "vae_decoder": (latent,),
+        "scorer": (images, recon),
     }
+    return {name: COMPONENT_IO[name].named_inputs(*values) for name, values in arrays.items()}
 
 
 def random_inputs(component: Component, seed: int) -> dict[str, np.ndarray]:
+    """N(0, 1) inputs of the example shapes; plan inputs drawn as a DDIM step's (t, alpha_t < alpha_prev)."""
     rng = np.random.default_rng(seed)
     feeds = {k: rng.standard_normal(tuple(v.shape), dtype=np.float32) for k, v in component.inputs.items()}
     if component.name == "denoise_step":
-        batch = len(feeds["x_t"])
-        feeds["timestep"] = rng.integers(1, 1000, batch).astype(np.float32)
-        feeds["alpha_t"] = rng.uniform(0.005, 0.5, batch).astype(np.float32)
-        feeds["alpha_prev"] = np.minimum(feeds["alpha_t"] * 2, 0.999).astype(np.float32)
+        batch = len(next(iter(feeds.values())))
+        timestep = rng.integers(1, 1000, batch).astype(np.float32)
+        alpha_t = rng.uniform(0.005, 0.5, batch).astype(np.float32)
+        alpha_prev = np.minimum(alpha_t * 2, 0.999).astype(np.float32)
+        feeds.update(zip(SCHEDULE_INPUTS, (timestep, alpha_t, alpha_prev), strict=True))
     return feeds
 
 

@@ -1,7 +1,8 @@
 """The model folder's schema: ``manifest.json`` beside one ONNX graph (and optionally TensorRT engines, one per
 TensorRT version and GPU architecture) per component. Written by ``export``, read and verified by the runtime; torch-free.
 
-Components and their tensors (batch axis ``B`` dynamic, all I/O float32 even in an FP16 model folder):
+Components and their tensors (:data:`COMPONENT_IO`; batch axis ``B`` dynamic, all I/O float32 even in an FP16
+model folder):
 
 * ``vae_encoder``: ``image`` (B, 3, S, S) ImageNet-normalised -> ``latent`` (B, 4, s, s), posterior mean x 0.18215
 * ``hint_encoder``: ``image`` -> ``hint`` (B, C, s, s), the SG network's encoded hint (once per image)
@@ -16,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,6 @@ from runtime.schema import SchemaError, anything, array, either, integer, mappin
 MANIFEST = "manifest.json"
 FORMAT = "diad-edge-model"
 FORMAT_VERSION = 1
-COMPONENTS = ("vae_encoder", "hint_encoder", "denoise_step", "vae_decoder", "scorer")
 PRECISIONS = ("fp32", "fp16")
 BATCH_AXIS = "B"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -37,6 +38,55 @@ MAX_BATCH = 1024
 MAX_LATENT_VALUES = 1 << 22  # per image: the fixed noise and each latent buffer (16 MiB of float32)
 MAX_HINT_VALUES = 1 << 24
 MAX_ENGINE_TARGETS = 64  # engines per component: one per (TensorRT version, compute capability)
+
+
+@dataclass(frozen=True)
+class ComponentIO:
+    """A component's input and output tensors in its graph's order: name -> kind of shape (:func:`tensor_shapes`)."""
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+    def named_inputs(self, *values: Any) -> dict[str, Any]:
+        """``values`` given in the table's input order, by input name."""
+        return dict(zip(self.inputs, values, strict=True))
+
+    def named_outputs(self, *values: Any) -> dict[str, Any]:
+        """``values`` given in the table's output order, by output name."""
+        return dict(zip(self.outputs, values, strict=True))
+
+    @property
+    def tensors(self) -> dict[str, str]:
+        """Inputs, then outputs: name -> kind."""
+        return {**self.inputs, **self.outputs}
+
+    def of_kind(self, kind: str, side: str = "inputs") -> tuple[str, ...]:
+        """The names of the ``side`` (``"inputs"`` or ``"outputs"``) tensors of shape kind ``kind``."""
+        return tuple(name for name, k in getattr(self, side).items() if k == kind)
+
+    def only(self, kind: str, side: str = "inputs") -> str:
+        """The name of the one ``side`` tensor of kind ``kind``."""
+        (name,) = self.of_kind(kind, side)
+        return name
+
+
+# The one table of components and their tensors: the exporter names the graphs' I/O from it, the manifest's
+# expected tensors, the ONNX Runtime and TensorRT bindings and the checks all follow it. Kinds: "image"
+# (B, 3, S, S), "latent" (B, *latent_shape), "hint" (B, *hint_shape), "map" (B, S, S), "vector" (B,) and "step":
+# a (B,) input taken from the DDIM plan (:func:`schedule_inputs`).
+COMPONENT_IO = {
+    "vae_encoder": ComponentIO({"image": "image"}, {"latent": "latent"}),
+    "hint_encoder": ComponentIO({"image": "image"}, {"hint": "hint"}),
+    "denoise_step": ComponentIO(
+        {"x_t": "latent", "hint": "hint", "timestep": "step", "alpha_t": "step", "alpha_prev": "step"},
+        {"x_prev": "latent"},
+    ),
+    "vae_decoder": ComponentIO({"latent": "latent"}, {"image": "image"}),
+    "scorer": ComponentIO({"image": "image", "reconstruction": "image"}, {"anomaly_map": "map", "score": "vector"}),
+}
+COMPONENTS = tuple(COMPONENT_IO)
+SCHEDULE_INPUTS = COMPONENT_IO["denoise_step"].of_kind("step")  # timestep, alpha_t, alpha_prev
+
 
 def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in chunks."""
@@ -230,23 +280,31 @@ class Manifest:
         self.save()
 
 
-def expected_tensors(image_size: int, latent_shape: list[int], hint_shape: list[int]) -> dict[str, dict]:
-    """Per component, the ``inputs`` and ``outputs`` (name -> shape, batch axis ``"B"``) the runtime binds."""
-    image, vector = [BATCH_AXIS, 3, image_size, image_size], [BATCH_AXIS]
-    latent, hint = [BATCH_AXIS, *latent_shape], [BATCH_AXIS, *hint_shape]
+def tensor_shapes(image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int]) -> dict[str, list]:
+    """Per kind of tensor (:data:`COMPONENT_IO`), its shape with the batch axis written ``"B"``."""
     return {
-        "vae_encoder": {"inputs": {"image": image}, "outputs": {"latent": latent}},
-        "hint_encoder": {"inputs": {"image": image}, "outputs": {"hint": hint}},
-        "denoise_step": {
-            "inputs": {"x_t": latent, "hint": hint, "timestep": vector, "alpha_t": vector, "alpha_prev": vector},
-            "outputs": {"x_prev": latent},
-        },
-        "vae_decoder": {"inputs": {"latent": latent}, "outputs": {"image": image}},
-        "scorer": {
-            "inputs": {"image": image, "reconstruction": image},
-            "outputs": {"anomaly_map": [BATCH_AXIS, image_size, image_size], "score": vector},
-        },
+        "image": [BATCH_AXIS, 3, image_size, image_size],
+        "latent": [BATCH_AXIS, *latent_shape],
+        "hint": [BATCH_AXIS, *hint_shape],
+        "map": [BATCH_AXIS, image_size, image_size],
+        "vector": [BATCH_AXIS],
+        "step": [BATCH_AXIS],
     }
+
+
+def expected_tensors(image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int]) -> dict[str, dict]:
+    """Per component, the ``inputs`` and ``outputs`` (name -> shape, batch axis ``"B"``) the runtime binds."""
+    shapes = tensor_shapes(image_size, latent_shape, hint_shape)
+    return {
+        name: {side: {tensor: shapes[kind] for tensor, kind in getattr(io, side).items()}
+               for side in ("inputs", "outputs")}
+        for name, io in COMPONENT_IO.items()
+    }
+
+
+def schedule_inputs(plan: DDIMPlan) -> dict[str, np.ndarray]:
+    """``denoise_step``'s plan inputs (:data:`SCHEDULE_INPUTS`) for every step of ``plan``: name -> (steps,)."""
+    return dict(zip(SCHEDULE_INPUTS, (plan.timesteps, plan.alphas, plan.alphas_prev), strict=True))
 
 
 def _check_plan(manifest: Manifest) -> None:

@@ -14,7 +14,7 @@ from export.parity import TOLERANCE, ParityError, check_parity, format_parity, p
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, ModelFolderError
-from runtime.manifest import COMPONENTS, Manifest
+from runtime.manifest import COMPONENT_IO, COMPONENTS, Manifest
 from runtime.metrics import auroc
 from runtime.preprocess import preprocess, read_image
 from runtime.schedule import ddim_plan
@@ -63,6 +63,9 @@ def test_manifest_describes_the_folder(model_dir, tiny_run):
         graph = onnx.load(str(manifest.path(name))).graph
         for value in list(graph.input) + list(graph.output):
             assert value.type.tensor_type.shape.dim[0].dim_param == "B", (name, value.name)
+        # the graph's I/O are the table's, in its order
+        assert [v.name for v in graph.input] == list(COMPONENT_IO[name].inputs), name
+        assert [v.name for v in graph.output] == list(COMPONENT_IO[name].outputs), name
 
 
 def test_components_match_pytorch_on_random_and_real_inputs(model_dir, model_and_scorer, test_images):

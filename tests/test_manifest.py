@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from helpers.model_folder import make_folder
 
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.errors import ModelFolderError
-from runtime.manifest import MANIFEST, Manifest, file_entry
+from runtime.manifest import (
+    COMPONENT_IO,
+    COMPONENTS,
+    MANIFEST,
+    SCHEDULE_INPUTS,
+    Manifest,
+    expected_tensors,
+    file_entry,
+    schedule_inputs,
+)
+from runtime.schedule import ddim_plan
 from runtime.stream import main as stream_main
 
 
@@ -156,3 +167,29 @@ def test_save_validates_what_it_writes(folder):
     with pytest.raises(ModelFolderError, match="max_batch"):
         manifest.save()
     assert (folder / MANIFEST).read_bytes() == before
+
+
+def test_the_component_table_gives_the_expected_tensors():
+    tensors = expected_tensors(64, [4, 8, 8], [16, 8, 8])
+    assert list(tensors) == list(COMPONENTS) == list(COMPONENT_IO)
+    assert tensors["denoise_step"]["inputs"] == {
+        "x_t": ["B", 4, 8, 8], "hint": ["B", 16, 8, 8], "timestep": ["B"], "alpha_t": ["B"], "alpha_prev": ["B"],
+    }
+    assert tensors["scorer"]["outputs"] == {"anomaly_map": ["B", 64, 64], "score": ["B"]}
+    assert SCHEDULE_INPUTS == ("timestep", "alpha_t", "alpha_prev")
+    plan = ddim_plan(3, 299)
+    inputs = schedule_inputs(plan)
+    assert list(inputs) == list(SCHEDULE_INPUTS)
+    np.testing.assert_array_equal(inputs["alpha_prev"], plan.alphas_prev)
+    assert COMPONENT_IO["scorer"].named_outputs(1, 2) == {"anomaly_map": 1, "score": 2}
+    with pytest.raises(ValueError):  # a value per tensor, no more, no fewer
+        COMPONENT_IO["scorer"].named_inputs(1)
+
+
+def test_a_manifest_without_hint_shape_is_refused(tmp_path):
+    folder = make_folder(tmp_path / "model")
+    data = json.loads((folder.root / MANIFEST).read_text())
+    del data["hint_shape"]
+    (folder.root / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match="hint_shape"):
+        Manifest.load(folder.root)

@@ -259,12 +259,24 @@ def test_step_inputs_layout():
 
 def test_shared_buffers_need_equal_shapes():
     shapes = {"image": (-1, 3, S, S), "latent": (-1, *LATENT), "hint": (-1, *LATENT), "x_t": (-1, *LATENT),
-              "x_prev": (-1, *LATENT), "reconstruction": (-1, 3, S, S), "anomaly_map": (-1, S, S), "score": (-1,)}
+              "x_prev": (-1, *LATENT), "reconstruction": (-1, 3, S, S), "anomaly_map": (-1, S, S), "score": (-1,),
+              "timestep": (-1,), "alpha_t": (-1,), "alpha_prev": (-1,)}
     engines = {name: SimpleNamespace(shapes=dict(shapes)) for name in COMPONENTS}
     backend_trt.check_shared_shapes(engines)
     engines["denoise_step"].shapes["hint"] = (-1, 8, 4, 4)
     with pytest.raises(ModelFolderError, match="denoise_step.hint"):
         backend_trt.check_shared_shapes(engines)
+    engines["denoise_step"].shapes["hint"] = (-1, *LATENT)
+    engines["vae_decoder"].shapes["image"] = (-1, 3, S // 2, S // 2)  # would not fit the scorer's reconstruction
+    with pytest.raises(ModelFolderError, match="vae_decoder.image"):
+        backend_trt.check_shared_shapes(engines)
+
+
+def test_slot_buffers_follow_the_component_table():
+    assert backend_trt.BINDINGS[("vae_decoder", "image")] == "reconstruction"
+    assert backend_trt.BINDINGS[("scorer", "reconstruction")] == "reconstruction"
+    assert ("vae_decoder", "latent") not in backend_trt.BINDINGS  # bound to the loop's output per batch
+    assert (backend_trt.X_T, backend_trt.HINT, backend_trt.X_PREV) == ("x_t", "hint", "x_prev")
 
 
 def test_tensorrt_needs_a_cuda_device(folder32):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENTS, MANIFEST, Manifest
+from runtime.manifest import COMPONENT_IO, COMPONENTS, MANIFEST, Manifest, schedule_inputs
 from runtime.schedule import DDIMPlan, q_sample
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
@@ -144,25 +145,23 @@ class OnnxRuntimeBackend(Backend):
     def _empty(self, shape: tuple[int, ...]):
         return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.memory, self.device_id)
 
-    def _run(self, name: str, inputs: dict, outputs: dict) -> None:
-        session = self.sessions[name]
+    def _run(self, name: str, inputs: Sequence, outputs: Sequence) -> None:
+        """Run component ``name`` on device values given in :data:`COMPONENT_IO`'s order of its inputs and outputs."""
+        session, io = self.sessions[name], COMPONENT_IO[name]
         binding = session.io_binding()
-        for key, value in inputs.items():
+        for key, value in io.named_inputs(*inputs).items():
             binding.bind_ortvalue_input(key, value)
-        for key, value in outputs.items():
+        for key, value in io.named_outputs(*outputs).items():
             binding.bind_ortvalue_output(key, value)
         session.run_with_iobinding(binding)
 
-    def _plan_values(self, plan: DDIMPlan, batch: int) -> list[dict]:
-        """Per step the (B,) ``timestep``, ``alpha_t``, ``alpha_prev`` values, made once per plan and batch."""
+    def _plan_values(self, plan: DDIMPlan, batch: int) -> list[list]:
+        """Per step, its (B,) plan inputs in :data:`SCHEDULE_INPUTS` order, made once per plan and batch."""
         key = (tuple(plan.timesteps), plan.start_t, batch)
         if key not in self._step_values:
-            def vector(value: float):
-                return self._on_device(np.full(batch, value, np.float32))
-
+            columns = schedule_inputs(plan).values()
             self._step_values[key] = [
-                {"timestep": vector(t), "alpha_t": vector(a), "alpha_prev": vector(p)}
-                for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev)
+                [self._on_device(np.full(batch, value, np.float32)) for value in step] for step in zip(*columns)
             ]
         return self._step_values[key]
 
@@ -177,20 +176,20 @@ class OnnxRuntimeBackend(Backend):
         image = self._on_device(images.astype(np.float32, copy=False))
         latent = self._ort.OrtValue.ortvalue_from_shape_and_type(list(latent_shape), np.float32, "cpu", 0)
         hint = self._empty((batch, *self.manifest.hint_shape))
-        self._run("vae_encoder", {"image": image}, {"latent": latent})
-        self._run("hint_encoder", {"image": image}, {"hint": hint})
+        self._run("vae_encoder", [image], [latent])
+        self._run("hint_encoder", [image], [hint])
         x = [self._on_device(q_sample(latent.numpy(), noise, plan.start_alpha)), self._empty(latent_shape)]
         seconds["encode"] = time.perf_counter() - start
 
         start = time.perf_counter()
         for k, values in enumerate(self._plan_values(plan, batch)):
-            self._run("denoise_step", {"x_t": x[k % 2], "hint": hint, **values}, {"x_prev": x[(k + 1) % 2]})
+            self._run("denoise_step", [x[k % 2], hint, *values], [x[(k + 1) % 2]])
         sample = x[len(plan.timesteps) % 2]
         seconds["steps"] = time.perf_counter() - start
 
         start = time.perf_counter()
         recon = self._empty((batch, 3, size, size))
-        self._run("vae_decoder", {"latent": sample}, {"image": recon})
+        self._run("vae_decoder", [sample], [recon])
         seconds["decode"] = time.perf_counter() - start
 
         return self._score(image, recon, seconds, keep_reconstruction)
@@ -202,11 +201,11 @@ class OnnxRuntimeBackend(Backend):
         start = time.perf_counter()
         image = self._on_device(images.astype(np.float32, copy=False))
         latent = self._empty((batch, *self.manifest.latent_shape))
-        self._run("vae_encoder", {"image": image}, {"latent": latent})
+        self._run("vae_encoder", [image], [latent])
         seconds["encode"] = time.perf_counter() - start
         start = time.perf_counter()
         recon = self._empty((batch, 3, size, size))
-        self._run("vae_decoder", {"latent": latent}, {"image": recon})
+        self._run("vae_decoder", [latent], [recon])
         seconds["decode"] = time.perf_counter() - start
         return self._score(image, recon, seconds)
 
@@ -215,7 +214,7 @@ class OnnxRuntimeBackend(Backend):
         batch, size = image.shape()[0], self.manifest.image_size
         amap = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, size, size], np.float32, "cpu", 0)
         score = self._ort.OrtValue.ortvalue_from_shape_and_type([batch], np.float32, "cpu", 0)
-        self._run("scorer", {"image": image, "reconstruction": recon}, {"anomaly_map": amap, "score": score})
+        self._run("scorer", [image, recon], [amap, score])
         seconds["score"] = time.perf_counter() - start
         return BackendOutput(amap.numpy(), score.numpy(), recon.numpy() if keep_reconstruction else None, seconds)
 

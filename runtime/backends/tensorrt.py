@@ -41,7 +41,7 @@ from runtime.backends.tensorrt_env import (
 )
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
-from runtime.manifest import COMPONENTS, Manifest
+from runtime.manifest import COMPONENT_IO, COMPONENTS, SCHEDULE_INPUTS, Manifest, schedule_inputs
 from runtime.schedule import DDIMPlan, q_sample
 
 log = logging.getLogger("runtime.tensorrt")
@@ -50,31 +50,33 @@ SLOTS = 2
 MAX_LOOPS = 8  # captured (batch size, plan) loops a slot keeps; the least recently used beyond this are freed
 ALIGN = 256  # bytes: TensorRT wants every tensor address aligned like this
 FLOAT32 = 4
-SCHEDULE_INPUTS = ("timestep", "alpha_t", "alpha_prev")
-# (component, tensor) -> the slot buffer it reads or writes; the denoiser's contexts belong to the loops (its hint
-# is bound when a loop is made, x_t / x_prev / schedule inputs move with the step), the decoder's latent is the
-# loop's output
-BINDINGS = {
-    ("vae_encoder", "image"): "image",
-    ("vae_encoder", "latent"): "latent",
-    ("hint_encoder", "image"): "image",
-    ("hint_encoder", "hint"): "hint",
-    ("vae_decoder", "image"): "reconstruction",
-    ("scorer", "image"): "image",
-    ("scorer", "reconstruction"): "reconstruction",
-    ("scorer", "anomaly_map"): "anomaly_map",
-    ("scorer", "score"): "score",
+DENOISE = COMPONENT_IO["denoise_step"]
+X_T, HINT, X_PREV = DENOISE.only("latent"), DENOISE.only("hint"), DENOISE.only("latent", "outputs")
+# Per component, the slot buffer each tensor reads or writes, in COMPONENT_IO's order (inputs, then outputs); None:
+# bound elsewhere. The denoiser's contexts belong to the loops (its hint is bound when a loop is made, its latents
+# and plan inputs move with the step); the decoder's latent is the loop's output.
+BUFFERS = {
+    "vae_encoder": ("image", "latent"),
+    "hint_encoder": ("image", "hint"),
+    "vae_decoder": (None, "reconstruction"),
+    "scorer": ("image", "reconstruction", "anomaly_map", "score"),
+}
+BINDINGS = {  # (component, tensor) -> slot buffer
+    (component, tensor): buffer
+    for component, buffers in BUFFERS.items()
+    for tensor, buffer in zip(COMPONENT_IO[component].tensors, buffers, strict=True)
+    if buffer is not None
 }
 HOST = ("image", "latent", "reconstruction", "anomaly_map", "score")  # buffers with a pinned host copy
 
 
 def check_shared_shapes(engines: dict[str, Engine]) -> None:
-    """Tensors that share a buffer (``BINDINGS``, and every latent) must have the same per-image shape."""
+    """Tensors of one kind (:data:`COMPONENT_IO`: every latent, the hint, image and reconstruction, ...) share
+    buffers or feed one another, so they must have the same per-image shape in every engine."""
     groups: dict[str, dict[str, tuple[int, ...]]] = {}
-    latents = [("vae_encoder", "latent"), ("denoise_step", "x_t"), ("denoise_step", "x_prev"), ("vae_decoder", "latent")]
-    shared = [*BINDINGS.items(), (("denoise_step", "hint"), "hint"), *((key, "latent") for key in latents)]
-    for (component, tensor), buffer in shared:
-        groups.setdefault(buffer, {})[f"{component}.{tensor}"] = engines[component].shapes[tensor][1:]
+    for component, io in COMPONENT_IO.items():
+        for tensor, kind in io.tensors.items():
+            groups.setdefault(kind, {})[f"{component}.{tensor}"] = engines[component].shapes[tensor][1:]
     for tensors in groups.values():
         if len(set(tensors.values())) > 1:
             raise ModelFolderError(f"engines disagree on a shared tensor's shape: {tensors}")
@@ -84,8 +86,8 @@ def step_inputs(plan: DDIMPlan, batch: int) -> np.ndarray:
     """The denoiser's per-step inputs for ``batch``: float32 ``(3 * steps, stride)``, row ``k * steps + i`` holding
     input ``SCHEDULE_INPUTS[k]`` of step ``i`` in its first ``batch`` columns, rows padded to ``ALIGN`` bytes."""
     stride = math.ceil(batch * FLOAT32 / ALIGN) * ALIGN // FLOAT32
-    table = np.zeros((3 * len(plan.timesteps), stride), np.float32)
-    table[:, :batch] = np.concatenate([plan.timesteps, plan.alphas, plan.alphas_prev])[:, None]
+    table = np.zeros((len(SCHEDULE_INPUTS) * len(plan.timesteps), stride), np.float32)
+    table[:, :batch] = np.concatenate(list(schedule_inputs(plan).values()))[:, None]
     return table
 
 
@@ -190,7 +192,7 @@ class Loop:
         self.memory = Memory()
         self.context = slot.engines["denoise_step"].context(slot.scratch, slot.scratch_bytes)
         self.context.set_batch(batch)
-        self.context.bind("hint", slot.device["hint"])
+        self.context.bind(HINT, slot.device["hint"])
         table = step_inputs(plan, batch)
         self.row, self.host_table = table.shape[1] * FLOAT32, table  # the async copy's source stays alive
         self.table = self.memory.device(table.nbytes)
@@ -207,8 +209,8 @@ class Loop:
     def _enqueue(self) -> None:
         latents = (self.slot.device["x0"], self.slot.device["x1"])
         for i in range(self.steps):
-            self.context.bind("x_t", latents[i % 2])
-            self.context.bind("x_prev", latents[(i + 1) % 2])
+            self.context.bind(X_T, latents[i % 2])
+            self.context.bind(X_PREV, latents[(i + 1) % 2])
             for k, name in enumerate(SCHEDULE_INPUTS):
                 self.context.bind(name, self.table + (k * self.steps + i) * self.row)
             self.context.enqueue(self.slot.handle)
@@ -281,7 +283,7 @@ class Slot:
         self.contexts = {name: engines[name].context(self.scratch, self.scratch_bytes)
                          for name in COMPONENTS if name != "denoise_step"}
         where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
-        where |= {"x0": ("denoise_step", "x_t"), "x1": ("denoise_step", "x_t")}
+        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T)}
         self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch)) for b, (c, t) in where.items()}
         self.host = {b: self.memory.pinned((max_batch, *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
         self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
@@ -339,7 +341,7 @@ class Slot:
         loop = self.loop(plan, batch)
         loop.run()
         self._record(3)
-        self.contexts["vae_decoder"].bind("latent", loop.output)
+        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), loop.output)
         self._run("vae_decoder", batch)
         self._record(4)
         self._run("scorer", batch)
@@ -397,8 +399,8 @@ class TensorRTBackend(Backend):
             self.engines[name] = Engine(trt, self._runtime, path, name, manifest.component(name), rebuild)
         check_shared_shapes(self.engines)
         self.max_batch = min(engine.max_batch for engine in self.engines.values())
-        self.image_shape = self.engines["vae_encoder"].shapes["image"][1:]
-        self.latent_shape = self.engines["denoise_step"].shapes["x_t"][1:]
+        self.image_shape = self.engines["vae_encoder"].shapes[COMPONENT_IO["vae_encoder"].only("image")][1:]
+        self.latent_shape = self.engines["denoise_step"].shapes[X_T][1:]
         self._slots = [Slot(self.engines, self.max_batch) for _ in range(SLOTS)]
         self._jobs: deque[Slot] = deque()
         self._next = 0
