@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.cli import run_cli
-from runtime.sources import IMAGE_EXTENSIONS, image_files
+from runtime.files import IMAGE_EXTENSIONS, image_files
 
 VERDICT, ERROR, EITHER = "verdict", "error", "either"
 SUMMARY = re.compile(r"summary: (\d+) frames \((\d+) errors, (\d+) dropped\)")

@@ -22,7 +22,7 @@ Rules (on the model's raw float32 scores and maps; every threshold is a float32 
 threshold F1-optimal, pixel threshold by the FPR rule: validation defects without masks). ``details`` holds both
 rules' values, the false-reject rates of the chosen thresholds on the calibration set and the warnings.
 ``image_min/max`` and ``pixel_min/max`` span the raw calibration and validation values
-(:func:`runtime.scoring.normalize`).
+(:func:`runtime.scoring.normalize_to_threshold`).
 
 Validation folder: searched recursively (hidden and ``ground_truth`` folders skipped); an image with a path
 component ``good`` is normal, any other is a defect. Images directly inside the folder carry no label and are
@@ -38,7 +38,6 @@ equal, are refused (:class:`CalibrationError`): the manifest never gets a normal
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import sys
 import warnings
@@ -54,11 +53,10 @@ from runtime.backends.base import BackendOutput
 from runtime.cli import add_backend_arguments, run_cli
 from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
+from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_image_file, is_pattern, matching_files
 from runtime.limits import Limits
 from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
-from runtime.sources import IMAGE_EXTENSIONS, image_files, is_image_file
-from runtime.synthetic import GOOD
 
 GROUND_TRUTH = "ground_truth"
 MIN_IMAGES = 2  # readable normal images: fewer leave nothing to normalise pred_score with
@@ -162,8 +160,8 @@ def list_images(spec: str | Path) -> list[Path]:
                 f"(for subfolders use a glob pattern such as '{path}/**/*.png')"
             )
         return files
-    if any(c in str(spec) for c in "*?["):
-        files = sorted(p for p in map(Path, glob.glob(str(spec), recursive=True)) if is_image_file(p))
+    if is_pattern(str(spec)):
+        files = [p for p in matching_files(str(spec)) if is_image_file(p)]
         if not files:
             raise DatasetLayoutError(f"{spec}: glob pattern matches no image files ({kinds})")
         return files

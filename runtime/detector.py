@@ -17,7 +17,7 @@ from runtime.limits import Limits
 from runtime.manifest import Manifest
 from runtime.preprocess import check_rgb, preprocess
 from runtime.schedule import fixed_noise
-from runtime.scoring import normalize
+from runtime.scoring import normalize_to_threshold
 
 @dataclass
 class Prediction:
@@ -184,8 +184,8 @@ class Detector:
         t = self.thresholds
         if not t.calibrated:
             return Prediction(score, raw, None, None, None, None, dict(seconds), recon)
-        pred_score = float(normalize(score, t.image, t.image_min, t.image_max))
-        amap = normalize(raw, t.pixel, t.pixel_min, t.pixel_max)
+        pred_score = float(normalize_to_threshold(score, t.image, t.image_min, t.image_max))
+        amap = normalize_to_threshold(raw, t.pixel, t.pixel_min, t.pixel_max)
         # labels and masks compare the raw values (normalisation rounds in float32 near the threshold)
         return Prediction(score, raw, pred_score, score >= t.image, amap, raw >= t.pixel, dict(seconds), recon)
 

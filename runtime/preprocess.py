@@ -153,7 +153,7 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
+def imagenet_normalize(image: np.ndarray) -> np.ndarray:
     """RGB uint8 ``(..., H, W, 3)`` to ImageNet-normalised float32 ``(..., 3, H, W)`` (ToTensor + Normalize)."""
     x = image.astype(np.float32) / np.float32(255)
     x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
@@ -161,7 +161,7 @@ def normalize(image: np.ndarray) -> np.ndarray:
 
 
 def denormalize(x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`normalize` for display: float ``(..., 3, H, W)`` to RGB uint8 ``(..., H, W, 3)``."""
+    """Inverse of :func:`imagenet_normalize` for display: float ``(..., 3, H, W)`` to RGB uint8 ``(..., H, W, 3)``."""
     rgb = np.moveaxis(np.asarray(x, np.float32), -3, -1) * np.asarray(IMAGENET_STD, np.float32)
     rgb = rgb + np.asarray(IMAGENET_MEAN, np.float32)
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
@@ -171,7 +171,7 @@ def preprocess(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` to the model input: float32 ``(3, size, size)``."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
-    return normalize(resize(image, size))
+    return imagenet_normalize(resize(image, size))
 
 
 def preprocess_mask(mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -7,7 +7,6 @@ which keeps only the newest frames when the consumer falls behind.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import threading
 import time
@@ -22,16 +21,15 @@ import cv2
 import numpy as np
 
 from runtime.errors import DiadError, FrameError, SourceError
+from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_pattern, matching_files
 from runtime.limits import Limits
 from runtime.preprocess import read_image
-from runtime.synthetic import GOOD, conveyor
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger("runtime.stream")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 URL_SCHEMES = ("rtsp", "http", "https", "rtmp")
 ACCEPTED = (
     "a camera index (0), 'synthetic', a stream URL (rtsp://, http://, https://, rtmp://), a folder of images, "
@@ -155,21 +153,9 @@ class Source:
         self.close()
 
 
-class SyntheticSource(Source):
-    """The endless synthetic conveyor of :mod:`runtime.synthetic`, with ground truth, reproducible per seed."""
-
-    def __init__(self, seed: int = 0, defect_rate: float = 0.3, size: int = 256, max_fps: float | None = None):
-        super().__init__("synthetic", max_fps)
-        self.seed, self.defect_rate, self.size = seed, defect_rate, size
-
-    def _frames(self) -> Iterator[Frame]:
-        for rgb, mask, class_name, defect in conveyor(self.seed, self.defect_rate, self.size):
-            yield self._make(image=rgb, mask=mask, label=int(defect != GOOD), class_name=class_name, defect=defect)
-
-
 class ImageFiles(Source):
     """Image files in order; a file that cannot be read or decoded, or is over ``limits``, gives an error frame.
-    Files under a ``good`` folder get label 0."""
+    Files under a ``good`` folder (:data:`runtime.files.GOOD`) get label 0."""
 
     def __init__(self, files: list[Path], name: str, loop: bool = False, max_fps: float | None = None,
                  limits: Limits | None = None):
@@ -179,7 +165,7 @@ class ImageFiles(Source):
     def _frames(self) -> Iterator[Frame]:
         while True:
             for path in self.files:
-                label = 0 if "good" in path.parent.parts else None
+                label = 0 if GOOD in path.parent.parts else None
                 try:
                     image = read_image(path, self.limits)
                 except DiadError as exc:
@@ -328,6 +314,8 @@ def open_source(
     if spec.strip().isdigit():
         return LiveCapture(int(spec), f"camera:{int(spec)}", **live)
     if spec == "synthetic":
+        from runtime.synthetic_source import SyntheticSource  # the demo's generator, only when asked for
+
         return SyntheticSource(seed, defect_rate, size, max_fps)
     if urlsplit(spec).scheme.lower() in URL_SCHEMES:
         return LiveCapture(spec, _printable_url(spec), **live)
@@ -340,30 +328,12 @@ def open_source(
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             return ImageFiles([path], spec, loop, max_fps, limits)
         return VideoFile(spec, loop, max_fps, capture_factory, limits)
-    if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if not _is_dir(Path(p)))
+    if is_pattern(spec):
+        files = matching_files(spec)
         if not files:
             raise SourceError(f"{spec}: glob pattern matches no files")
         return ImageFiles(files, spec, loop, max_fps, limits)
     raise SourceError(f"{spec}: no such file, folder or source; expected {ACCEPTED}")
-
-
-def is_image_file(path: Path) -> bool:
-    """A visible entry with an image extension (:data:`IMAGE_EXTENSIONS`, any case) that is no folder. Links,
-    devices and pipes with such a name count: reading them gives an error, not a silent skip."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and not _is_dir(path)
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:  # unreadable: let reading it say so
-        return False
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted."""
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 class LatestFrameReader:

@@ -24,9 +24,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from runtime.files import GOOD
+
 CLASSES = ("fabric", "wood", "nut", "capsule")
 DEFECTS = ("scratch", "stain", "missing", "contamination")
-GOOD = "good"
 
 VISIBLE = 0.05  # smallest change (fraction of full scale, any channel) that counts as part of a defect
 MIN_AREA, MAX_AREA = 0.003, 0.05  # defect area as a fraction of the image

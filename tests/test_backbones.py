@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from runtime.errors import CheckpointError
-from runtime.preprocess import normalize, resize
+from runtime.preprocess import imagenet_normalize, resize
 from training.models import backbones
 from training.models.backbones import PACKAGED, RANDOM, convert_lukemelas, create_backbone, find_weights
 from training.models.presets import get_preset
@@ -30,7 +30,7 @@ def test_converted_network_classifies_known_images(backbone, size):
     from skimage import data
 
     model = create_backbone(backbone, str(PACKAGED[backbone].path()))
-    scorer_input = np.stack([normalize(resize(image, size)) for image in (data.chelsea(), data.coffee())])
+    scorer_input = np.stack([imagenet_normalize(resize(image, size)) for image in (data.chelsea(), data.coffee())])
     # The scorer's own ImageNet -> backbone re-normalisation, as it is applied before the features.
     scorer = FeatureScorer(backbone, (1, 2, 3), size)
     x = torch.from_numpy(scorer_input) * scorer.input_scale + scorer.input_shift

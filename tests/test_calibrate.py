@@ -30,7 +30,7 @@ from runtime.cli import run_cli
 from runtime.errors import CalibrationError, DatasetLayoutError
 from runtime.manifest import MANIFEST, Manifest
 from runtime.preprocess import preprocess_mask, read_image, read_mask
-from runtime.scoring import normalize
+from runtime.scoring import normalize_to_threshold
 from runtime.synthetic import CLASSES, DEFECTS
 
 INF32 = np.float32(np.inf)
@@ -205,7 +205,7 @@ def test_cli_writes_fpr_thresholds_that_the_detector_applies(calibrated):
     assert labels.sum() <= 0.25 * len(good)  # false-reject rate on the calibration set <= fpr
     assert t.details["false_reject_rate"]["image"] == labels.mean()
     assert t.details["fpr_rule"]["image"]["rejects"] == labels.sum()
-    assert normalize(t.image, t.image, t.image_min, t.image_max) == 0.5
+    assert normalize_to_threshold(t.image, t.image, t.image_min, t.image_max) == 0.5
     pred_scores = np.array([p.pred_score for p in predictions])
     assert np.all(labels[pred_scores > 0.5]) and not np.any(labels[pred_scores < 0.5])
     for p in predictions:

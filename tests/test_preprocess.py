@@ -16,7 +16,7 @@ from runtime.limits import Limits
 from runtime.preprocess import (
     decode_image,
     denormalize,
-    normalize,
+    imagenet_normalize,
     preprocess,
     preprocess_mask,
     read_image,
@@ -65,16 +65,17 @@ def test_preprocess_matches_torchvision_pipeline():
     )
     # Same pixels after the resize: ToTensor + Normalize must then agree bit for bit.
     resized = resize(img, 256)
-    assert np.array_equal(normalize(resized), reference.transforms[2](reference.transforms[1](resized)).numpy())
+    torchvision_normalized = reference.transforms[2](reference.transforms[1](resized)).numpy()
+    assert np.array_equal(imagenet_normalize(resized), torchvision_normalized)
     ours, theirs = preprocess(img, 256), reference(Image.fromarray(img)).numpy()
     assert ours.shape == (3, 256, 256) and ours.dtype == np.float32
     assert np.abs(ours - theirs).max() <= 1.0 / 255 / 0.224 + 1e-6
 
 
-def test_denormalize_inverts_normalize():
+def test_denormalize_inverts_imagenet_normalize():
     img = np.random.default_rng(3).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
-    assert np.array_equal(denormalize(normalize(img)), img)
-    assert torch.from_numpy(normalize(img)).shape == (2, 3, 16, 16)
+    assert np.array_equal(denormalize(imagenet_normalize(img)), img)
+    assert torch.from_numpy(imagenet_normalize(img)).shape == (2, 3, 16, 16)
 
 
 def test_mask_binarised_with_greater_than_zero():

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from runtime.scoring import anomaly_map, blur_matrix, image_score, normalize, pool_matrix
+from runtime.scoring import anomaly_map, blur_matrix, image_score, normalize_to_threshold, pool_matrix
 
 
 def _reference_map(cos_maps, size):
@@ -43,5 +43,5 @@ def test_matrices_preserve_constants():
 
 
 def test_normalize_maps_threshold_to_half():
-    out = normalize(np.array([1.0, 2.0, 3.0, 10.0]), threshold=2.0, vmin=0.0, vmax=4.0)
+    out = normalize_to_threshold(np.array([1.0, 2.0, 3.0, 10.0]), threshold=2.0, vmin=0.0, vmax=4.0)
     np.testing.assert_allclose(out, [0.25, 0.5, 0.75, 1.0])

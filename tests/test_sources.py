@@ -5,14 +5,19 @@ import itertools
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from runtime import calibrate
 from runtime.errors import SourceError
+from runtime.files import image_files
 from runtime.limits import Limits
 from runtime.sources import LatestFrameReader, LiveCapture, Source, open_source
 from runtime.visualize import write_rgb
@@ -284,3 +289,25 @@ def test_links_pipes_and_hostile_files_in_a_folder_are_error_frames(tmp_path):
     errors = {f.name: f.error for f in frames[1:]}
     assert "No such file" in errors["gone.png"] and "not a PNG" in errors["passwd.png"]
     assert "not a regular file" in errors["pipe.png"] and "not a regular file" in errors["zero.png"]
+
+
+def test_the_product_runtime_does_not_import_the_demo_generator():
+    code = ("import sys, runtime.stream, runtime.calibrate, runtime.detector; "
+            "assert 'runtime.synthetic' not in sys.modules, 'imported at start'; "
+            "from runtime.sources import open_source; open_source('synthetic').close(); "
+            "assert 'runtime.synthetic' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+
+
+def test_one_image_listing_for_the_stream_calibration_and_datasets(tmp_path):
+    for name in ("b.PNG", "a.jpg", ".hidden.png", "notes.txt", "c.tiff"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image is no image
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")  # listed: reading it says what is wrong
+    expected = [tmp_path / n for n in ("a.jpg", "b.PNG", "c.tiff", "dangling.png")]
+    assert image_files(tmp_path) == expected
+    assert image_files(tmp_path / "absent") == []
+    assert calibrate.list_images(tmp_path) == expected
+    assert calibrate.list_images(f"{tmp_path}/*") == expected  # a glob: image files only, no folders

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+from runtime.files import GOOD, image_files
 from training.data.index import (
     ANOMALY,
-    GOOD,
     DatasetIndex,
     Sample,
     check_index,
@@ -21,7 +21,6 @@ from training.data.index import (
     choose_classes,
     class_folders,
     layout_error,
-    list_images,
     subfolders,
 )
 
@@ -64,13 +63,13 @@ def _normal_samples(folder: Path, name: str) -> list[Sample]:
     normal = _first_folder(folder, NORMAL)
     assert normal is not None  # only class folders get here
     if (normal / "train").is_dir() or (normal / "test").is_dir():
-        loose = list_images(normal)
+        loose = image_files(normal)
         if loose:
             raise layout_error(f"{loose[0]}: with normal/train/ and normal/test/, put each image in one", EXPECTED)
-        return [Sample(p, None, 0, GOOD, name, s) for s in ("train", "test") for p in list_images(normal / s)]
+        return [Sample(p, None, 0, GOOD, name, s) for s in ("train", "test") for p in image_files(normal / s)]
     return [
         Sample(p, None, 0, GOOD, name, "test" if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 else "train")
-        for i, p in enumerate(list_images(normal))
+        for i, p in enumerate(image_files(normal))
     ]
 
 
@@ -81,15 +80,15 @@ def _anomalous_samples(folder: Path, name: str) -> list[Sample]:
         return []
     mask_folder = folder / MASKS
     has_masks = mask_folder.is_dir()
-    images = [(p, ANOMALY, Path()) for p in list_images(abnormal)]
-    images += [(p, d.name, Path(d.name)) for d in subfolders(abnormal) for p in list_images(d)]
+    images = [(p, ANOMALY, Path()) for p in image_files(abnormal)]
+    images += [(p, d.name, Path(d.name)) for d in subfolders(abnormal) for p in image_files(d)]
     samples, paired = [], set()
     for image, defect, relative in images:
         mask = _mask_for(mask_folder / relative, image.stem) if has_masks else None
         samples.append(Sample(image, mask, 1, defect, name, "test"))
         paired.add(mask)
     if has_masks:
-        masks = [m for d in (mask_folder, *subfolders(mask_folder)) for m in list_images(d)]
+        masks = [m for d in (mask_folder, *subfolders(mask_folder)) for m in image_files(d)]
         check_no_orphan_masks(masks, paired, EXPECTED)
     return samples
 

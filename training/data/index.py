@@ -16,10 +16,8 @@ from typing import Any
 
 from runtime.errors import DatasetLayoutError
 
-GOOD = "good"
 ANOMALY = "anomaly"  # the defect type of an anomalous image whose layout does not name one
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -88,15 +86,6 @@ def choose_classes(available: Sequence[str], requested: Collection[str] | None, 
             f"{root}: no class named {', '.join(unknown)} (classes found: {', '.join(available) or 'none'})"
         )
     return [c for c in available if c in set(requested)]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder`` (none when it does not exist), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
 
 
 def subfolders(folder: Path) -> list[Path]:

@@ -7,9 +7,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from runtime.files import GOOD, image_files
 from training.data.index import (
     ANOMALY,
-    GOOD,
     DatasetIndex,
     Sample,
     check_index,
@@ -17,7 +17,6 @@ from training.data.index import (
     choose_classes,
     class_folders,
     layout_error,
-    list_images,
     subfolders,
 )
 
@@ -62,18 +61,18 @@ def _class_samples(folder: Path, name: str) -> list[Sample]:
     for sub in subfolders(folder / "train"):
         if sub.name != GOOD:
             raise layout_error(f"{sub}: training images must be normal (only train/good is allowed)", EXPECTED)
-    samples = [Sample(p, None, 0, GOOD, name, "train") for p in list_images(folder / "train" / GOOD)]
+    samples = [Sample(p, None, 0, GOOD, name, "train") for p in image_files(folder / "train" / GOOD)]
     paired: set[Path] = set()
     for defect_folder in subfolders(folder / "test"):
         defect = defect_folder.name
-        for image in list_images(defect_folder):
+        for image in image_files(defect_folder):
             if defect == GOOD:
                 samples.append(Sample(image, None, 0, GOOD, name, "test"))
                 continue
             mask = folder / "ground_truth" / defect / f"{image.stem}_mask.png"
             samples.append(Sample(image, mask, 1, defect, name, "test"))
             paired.add(mask)
-    masks = [m for d in subfolders(folder / "ground_truth") for m in list_images(d)]
+    masks = [m for d in subfolders(folder / "ground_truth") for m in image_files(d)]
     check_no_orphan_masks(masks, paired, EXPECTED)
     return samples
 

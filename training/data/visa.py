@@ -11,7 +11,8 @@ import csv
 from collections.abc import Collection
 from pathlib import Path
 
-from training.data.index import ANOMALY, GOOD, DatasetIndex, Sample, check_index, choose_classes, layout_error
+from runtime.files import GOOD
+from training.data.index import ANOMALY, DatasetIndex, Sample, check_index, choose_classes, layout_error
 
 LAYOUT = "visa"
 CSV = Path("split_csv") / "1cls.csv"
