@@ -1,15 +1,18 @@
 """FP32 ONNX -> strongly typed FP16 ONNX that TensorRT 10.3-11.x builds without precision flags.
 
-The heavy networks (VAE, SG network + UNet, the scorer's backbone: the nodes the exporter names after a module,
-``/<module>/.../<Op>``) become FP16. Kept in FP32, with casts around them: normalisation (GroupNorm is exported as
-InstanceNormalization, LayerNorm as LayerNormalization) and softmax, whose accumulations overflow or lose
-precision in FP16; the sinusoidal timestep projection (``time_proj``: ``t * freq`` up to 999 rad has an FP16
-spacing of 0.5 rad); and everything outside the heavy scope (the DDIM update, the cosine distances, the
-upsample/blur/pool matrices: root-level nodes such as ``/Mul_3``). Graph inputs and outputs stay FP32.
+The heavy networks (VAE, SG network + UNet, the scorer's backbone) become FP16. Kept in FP32, with casts around
+them: normalisation (GroupNorm is exported as InstanceNormalization, LayerNorm as LayerNormalization) and softmax,
+whose accumulations overflow or lose precision in FP16, by op type (:data:`FP32_OPS`); and the regions the export
+marks (:func:`export.graphs.fp32_scopes`: the DDIM update, the scorer's input map, cosine distances and
+upsample/blur/pool matrices, the sinusoidal timestep projections), by the scope the exporter gives their nodes
+(``/<scope>/.../<Op>``). A marked region with no node in the graph is an error, so an exporter that names nodes
+otherwise cannot silently turn them FP16. Values passed between FP32 nodes stay FP32
+(:func:`remove_fp16_round_trips`). Graph inputs and outputs stay FP32.
 """
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +20,29 @@ import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax")
-FP32_SCOPES = ("time_proj",)
 
 
-PASS_THROUGH = ("Identity", "Constant")  # the exporter's anonymous weight aliases follow their consumers
+def fp32_nodes(model: onnx.ModelProto, scopes: Collection[str]) -> list[str]:
+    """Names of the nodes inside the marked regions ``scopes`` (a scope among a node name's ``/``-separated
+    parts); ValueError naming the regions that no node belongs to."""
+    nodes, found = [], set()
+    for node in model.graph.node:
+        inside = set(scopes).intersection(node.name.split("/")[1:-1])
+        if inside:
+            nodes.append(node.name)
+            found |= inside
+    missing = sorted(set(scopes) - found)
+    if missing:
+        raise ValueError(
+            f"no node in the FP32 region(s) {missing}: the exporter no longer names nodes after their module "
+            "(/<module>/<Op>), so they cannot be kept FP32"
+        )
+    return nodes
 
 
-def fp32_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes kept in FP32 besides the :data:`FP32_OPS`: root-level glue and :data:`FP32_SCOPES`."""
-    return [
-        node.name
-        for node in model.graph.node
-        if (node.name.count("/") < 2 and node.op_type not in PASS_THROUGH)
-        or any(f"/{scope}/" in node.name for scope in FP32_SCOPES)
-    ]
-
-
-def to_fp16(path: Path) -> onnx.ModelProto:
-    """The FP16 graph of the FP32 ONNX file ``path`` (FP32 I/O), see the module docstring for what stays FP32.
+def to_fp16(path: Path, scopes: Collection[str]) -> onnx.ModelProto:
+    """The FP16 graph of the FP32 ONNX file ``path`` (FP32 I/O) with the regions ``scopes``
+    (:func:`export.graphs.fp32_scopes`) and the :data:`FP32_OPS` kept FP32 (see the module docstring).
 
     Types come from ONNX shape inference run on the file (works past 2 GB, unlike in memory); the converter
     needs them to keep inputs that must stay float (e.g. Resize scales) in FP32.
@@ -45,11 +53,15 @@ def to_fp16(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(typed))  # external data resolves beside it
     finally:
         typed.unlink()
+    try:
+        keep = fp32_nodes(model, scopes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     converted = convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
-        node_block_list=fp32_nodes(model),
+        node_block_list=keep,
         disable_shape_infer=True,
     )
     remove_fp16_round_trips(converted.graph)

@@ -1,20 +1,48 @@
 """The exported computations as small torch modules, one per component of the model folder.
 
 Each wraps the training code's own modules and math (no re-implementation): the DDIM update is
-:meth:`DiAD.ddim_step`, the scorer is :class:`FeatureScorer` with :mod:`runtime.scoring`'s matrices. Math written
-in the wrappers' own ``forward`` (the DDIM update, the scorer's distances and matrices) lands at the graph's root
-level, which the FP16 conversion keeps in FP32 (see :mod:`export.fp16`).
+:meth:`DiAD.ddim_step`, the scorer is :class:`FeatureScorer` with :mod:`runtime.scoring`'s matrices. The math that
+must stay FP32 in an FP16 model folder is marked where it is exported: the DDIM update and the scorer's input map,
+distances and matrices run inside :class:`Fp32` modules, and :func:`fp32_scopes` names those and the sinusoidal
+timestep projections for :func:`export.fp16.to_fp16`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from diffusers.models.embeddings import Timesteps
 from torch import nn
 
 from runtime.manifest import COMPONENT_IO
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer
+
+
+class Fp32(nn.Module):
+    """Runs ``fn`` as a module of its own: the exporter names its nodes after it (``/<attribute>/<Op>``), and the
+    FP16 conversion keeps them in FP32 (:func:`fp32_scopes`)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def fp32_scopes(module: nn.Module) -> list[str]:
+    """The exporter's scope names of ``module``'s FP32 regions: every :class:`Fp32` module and every sinusoidal
+    timestep projection (diffusers' ``Timesteps``: ``t * freq`` up to 999 rad has an FP16 spacing of 0.5 rad).
+    A module's scope is its attribute name, the last part of its qualified name."""
+    return sorted({name.rpartition(".")[2] for name, m in module.named_modules() if isinstance(m, (Fp32, Timesteps))})
+
+
+def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, alpha_t: torch.Tensor, alpha_prev: torch.Tensor) -> torch.Tensor:
+    """:meth:`DiAD.ddim_step` with per-image ``(B,)`` alphas."""
+    return DiAD.ddim_step(x_t, eps, alpha_t.reshape(-1, 1, 1, 1), alpha_prev.reshape(-1, 1, 1, 1))
 
 
 class VaeEncoderGraph(nn.Module):
@@ -45,13 +73,14 @@ class DenoiseStepGraph(nn.Module):
     def __init__(self, model: DiAD):
         super().__init__()
         self.net = model
+        self.fp32_ddim_update = Fp32(ddim_update)
 
     def forward(
         self, x_t: torch.Tensor, hint: torch.Tensor, timestep: torch.Tensor, alpha_t: torch.Tensor,
         alpha_prev: torch.Tensor,
     ) -> torch.Tensor:
         eps = self.net.denoise(x_t, timestep, hint)
-        return DiAD.ddim_step(x_t, eps, alpha_t.reshape(-1, 1, 1, 1), alpha_prev.reshape(-1, 1, 1, 1))
+        return self.fp32_ddim_update(x_t, eps, alpha_t, alpha_prev)
 
 
 class VaeDecoderGraph(nn.Module):
@@ -63,6 +92,25 @@ class VaeDecoderGraph(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.net.decode(latent)
+
+
+class ScorerGraph(nn.Module):
+    """``(image, reconstruction)`` -> ``(anomaly_map, score)``: :class:`FeatureScorer`, its backbone outside and its
+    input map, cosine distances and matrices inside the FP32 regions."""
+
+    def __init__(self, scorer: FeatureScorer):
+        super().__init__()
+        self.net = scorer
+        self.fp32_scorer_input = Fp32(scorer.backbone_input)
+        self.fp32_scorer_maps = Fp32(self.maps)
+
+    def maps(self, features: list[torch.Tensor], image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's features of the images and their reconstructions -> anomaly maps and scores."""
+        return self.net.postprocess(self.net.distances(features, image.shape[0]))
+
+    def forward(self, image: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.backbone(self.fp32_scorer_input(image, reconstruction))
+        return self.fp32_scorer_maps(features, image)
 
 
 @dataclass(frozen=True)
@@ -99,7 +147,7 @@ def components(model: DiAD, scorer: FeatureScorer, batch: int = 2) -> list[Compo
         Component.of("hint_encoder", HintEncoderGraph(model), image),
         Component.of("denoise_step", DenoiseStepGraph(model), latent, hint, timestep, alpha, alpha + 0.1),
         Component.of("vae_decoder", VaeDecoderGraph(model), latent),
-        Component.of("scorer", scorer, image, image.flip(0)),
+        Component.of("scorer", ScorerGraph(scorer), image, image.flip(0)),
     ]
 
 

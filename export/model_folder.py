@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from export.fp16 import to_fp16
-from export.graphs import Component, components, example_shapes
+from export.graphs import Component, components, example_shapes, fp32_scopes
 from export.onnx import DEFAULT_OPSET, check, export_component, save
 from runtime.errors import ModelFolderError
 from runtime.manifest import (
@@ -101,7 +101,7 @@ def export_one(component: Component, out: Path, precision: str, opset: int) -> E
     path = out / f"{component.name}.onnx"
     files = export_component(component, path, opset)
     if precision == "fp16":
-        files = save(to_fp16(path), path)
+        files = save(to_fp16(path, fp32_scopes(component.module)), path)
         check(path)
     return ExportedComponent(component.name, files, time.perf_counter() - start)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.fp16 import FP32_OPS, PASS_THROUGH, ort_cpu_fallbacks, precision_census
+from export.fp16 import FP32_OPS, fp32_nodes, ort_cpu_fallbacks, precision_census
 from export.parity import TOLERANCE, ParityError, check_parity, format_parity, parity
 from runtime import Detector
 from runtime.cli import run_cli
@@ -25,8 +25,9 @@ from training.run_folder import RunFolder
 
 pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
 FP32_RELATIVE = TOLERANCE["fp32"]
-DATA_MOVEMENT = {*PASS_THROUGH, "Cast", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat", "Slice",
-                 "Expand", "Transpose", "Flatten"}
+DATA_MOVEMENT = {"Identity", "Constant", "Cast", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat",
+                 "Slice", "Expand", "Transpose", "Flatten"}
+FP32_MATH = {*FP32_OPS, "Sin", "Cos"}  # norms, softmax and the timestep's sinusoids: never fed FP16
 
 
 @pytest.fixture(scope="module")
@@ -132,21 +133,44 @@ def fp16_dir(tiny_run, tmp_path_factory):
     return out
 
 
-def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, model_and_scorer, test_images):
+def fp16_fed(model: onnx.ModelProto) -> set[str]:
+    """The names of the nodes that receive an FP16 input (``model`` shape-inferred)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return {n.name for n in model.graph.node if onnx.TensorProto.FLOAT16 in [types.get(i) for i in n.input]}
+
+
+def on_paths(model: onnx.ModelProto, sources: list[str], sinks: list[str]) -> list[onnx.NodeProto]:
+    """The nodes on a path from a tensor in ``sources`` to a tensor in ``sinks``."""
+    after, todo = set(), list(sources)
+    while todo:
+        name = todo.pop()
+        for node in model.graph.node:
+            if name in node.input and node.name not in after:
+                after.add(node.name)
+                todo += node.output
+    producer = {o: n for n in model.graph.node for o in n.output}
+    before, todo = set(), list(sinks)
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.name not in before:
+            before.add(node.name)
+            todo += node.input
+    return [n for n in model.graph.node if n.name in after & before]
+
+
+def test_fp16_graphs_run_norms_softmax_schedule_and_scoring_math_in_fp32(fp16_dir):
+    """The outcome, whatever marks the regions: which ops receive FP16 inputs, along whole paths (a value that
+    goes through FP16 between two FP32 ops has lost its precision too)."""
     manifest = Manifest.load(fp16_dir)
     assert manifest.precision == "fp16"
-    for name in COMPONENTS:
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(name))))
+    graphs = {name: onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(name)))) for name in COMPONENTS}
+    for name, model in graphs.items():
         census = precision_census(model)
         assert census["fp16"] > 10 * census["fp32"], (name, census)
-        types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-        types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
-        for node in model.graph.node:
-            if node.op_type in DATA_MOVEMENT:
-                continue
-            glue = node.name.count("/") < 2  # root level: the DDIM update, the scorer's distances and matrices
-            if node.op_type in FP32_OPS or "/time_proj/" in node.name or glue:
-                assert onnx.TensorProto.FLOAT16 not in [types.get(i) for i in node.input], (name, node.name)
+        fed = fp16_fed(model)
+        assert not [n.name for n in model.graph.node if n.op_type in FP32_MATH and n.name in fed], name
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         cast_to = {n.output[0]: (n.attribute[0].i, n.input[0]) for n in model.graph.node if n.op_type == "Cast"}
         round_trips = [  # FP32 -> FP16 -> FP32: FP32 regions must meet in FP32, not through FP16
             out for out, (to, source) in cast_to.items()
@@ -156,6 +180,24 @@ def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, mode
         assert not round_trips, (name, round_trips[:3])
         for value in list(model.graph.input) + list(model.graph.output):  # FP32 I/O
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+    step, fed = graphs["denoise_step"], fp16_fed(graphs["denoise_step"])
+    ddim = on_paths(step, ["alpha_t", "alpha_prev"], ["x_prev"])  # the DDIM update, from the alphas to x_prev
+    assert len(ddim) >= 8 and not [n.name for n in ddim if n.name in fed]
+    sinusoids = [o for n in step.graph.node if n.op_type in ("Sin", "Cos") for o in n.output]
+    timestep = on_paths(step, ["timestep"], sinusoids)  # integer timesteps (exact in FP16) may only be moved
+    assert len(sinusoids) >= 4 and not [n.name for n in timestep if n.name in fed and n.op_type not in DATA_MOVEMENT]
+
+    scorer, fed = graphs["scorer"], fp16_fed(graphs["scorer"])
+    matrices = [o for n in scorer.graph.node if n.op_type == "MatMul" for o in n.output]
+    distances = [n for n in scorer.graph.node if n.op_type in ("ReduceSum", "Sqrt")]  # the cosine distances
+    after_features = on_paths(scorer, [o for n in distances for o in n.output], ["anomaly_map", "score"])
+    assert len(matrices) >= 4 and len(distances) >= 3
+    assert not [n.name for n in distances + after_features if n.name in fed]
+
+
+def test_fp16_graphs_match_pytorch_within_the_fp16_tolerance(fp16_dir, model_and_scorer, test_images):
+    manifest = Manifest.load(fp16_dir)
     model, scorer = model_and_scorer
     images = np.stack([preprocess(img, model.config.image_size) for img in test_images[1][:2]])
     results = parity(model, scorer, manifest, images)
@@ -163,6 +205,17 @@ def test_fp16_graphs_keep_norms_softmax_and_schedule_math_in_fp32(fp16_dir, mode
     print("ops ONNX Runtime CPU ran in FP32:", ort_cpu_fallbacks(str(manifest.path("denoise_step"))))
     for r in results:
         assert r.max_abs <= TOLERANCE["fp16"] * r.max_ref, r  # FP16 weights/activations: about 1e-3 measured
+
+
+def test_a_marked_fp32_region_missing_from_the_graph_is_an_error():
+    """An exporter that names nodes otherwise must not silently turn the FP32 regions FP16."""
+    def model(node_name: str) -> onnx.ModelProto:
+        node = onnx.helper.make_node("Mul", ["a", "a"], ["b"], name=node_name)
+        return onnx.helper.make_model(onnx.helper.make_graph([node], "g", [], []))
+
+    assert fp32_nodes(model("/fp32_ddim_update/Mul"), ["fp32_ddim_update"]) == ["/fp32_ddim_update/Mul"]
+    with pytest.raises(ValueError, match=r"no node in the FP32 region\(s\) \['fp32_ddim_update'\]"):
+        fp32_nodes(model("/Mul_7"), ["fp32_ddim_update"])
 
 
 def test_missing_or_corrupt_run_files_are_named(tiny_run, tmp_path, capsys):

@@ -72,12 +72,19 @@ class FeatureScorer(nn.Module):
         """The backbone stays in eval mode (frozen batch-norm statistics)."""
         return super().train(False)
 
+    def backbone_input(self, image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Both images as one batch, in the backbone's normalisation."""
+        both = torch.cat([image, reconstruction])
+        return both * self.input_scale + self.input_shift if self.renormalize else both
+
+    def distances(self, features: Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
+        """Per scale ``1 - cos`` along channels, ``(B, h, h)``, between the first ``batch`` feature maps (the
+        images) and the others (their reconstructions)."""
+        return [1.0 - F.cosine_similarity(f[:batch], f[batch:], dim=1, eps=1e-8) for f in features]
+
     def cos_maps(self, image: torch.Tensor, reconstruction: torch.Tensor) -> list[torch.Tensor]:
         """Per scale ``1 - cos`` along channels, ``(B, h, h)``; both images through one backbone call."""
-        both = torch.cat([image, reconstruction])
-        features = self.backbone(both * self.input_scale + self.input_shift if self.renormalize else both)
-        batch = image.shape[0]
-        return [1.0 - F.cosine_similarity(f[:batch], f[batch:], dim=1, eps=1e-8) for f in features]
+        return self.distances(self.backbone(self.backbone_input(image, reconstruction)), image.shape[0])
 
     def postprocess(self, cos_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Upsample + sum + blur (one matrix per scale), then the pooled-max image score."""
