@@ -15,7 +15,7 @@ MODEL ?= models/tiny
 AE_MINUTES ?= 3
 TRAIN_MINUTES ?= 6
 EVAL_ARGS ?= --pictures 1
-STREAM_ARGS ?= --frames 300 --batch 8 --save runs/stream/annotated.mp4
+STREAM_ARGS ?= --frames 300 --batch-size 8 --save runs/stream/annotated.mp4
 
 .PHONY: demo test venv clean
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, DatasetLayoutError
+from runtime.files import GOOD
 from runtime.metrics import COLUMNS, per_class, to_markdown
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from runtime.schedule import ddim_plan
@@ -61,7 +62,6 @@ DESCRIPTIONS = {
 }
 OUTPUTS = ("metrics.json", "metrics.csv", "metrics.md", "scores.csv", "images/score_histogram.png", "images/eval")
 HEATMAP_PERCENTILE = 99.9
-GOOD = "good"
 
 
 @dataclass(frozen=True)
