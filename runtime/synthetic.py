@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -337,15 +338,37 @@ def _visible(scene: _Scene, alpha: np.ndarray, target: np.ndarray) -> np.ndarray
     return np.where(change >= VISIBLE, alpha, 0).astype(np.float32)
 
 
-def _add_defect(rng: np.random.Generator, scene: _Scene, defect: str) -> tuple[np.ndarray, np.ndarray]:
+def _add_defect(
+    rng: np.random.Generator, scene: _Scene, maker: Callable[[np.random.Generator, Any], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     """The defective scene and its mask; draws again (up to a limit) until the area is in range."""
     for _ in range(_ATTEMPTS):
-        alpha, target = _DEFECT_MAKERS[defect](rng, scene)
+        alpha, target = maker(rng, scene)
         alpha = _visible(scene, alpha, target)
         if MIN_AREA <= np.count_nonzero(alpha) / alpha.size <= MAX_AREA:
             break
     image = scene.image + _scaled(target - scene.image, alpha)
     return image, alpha > 0
+
+
+def photograph(
+    rng: np.random.Generator,
+    scene: _Scene,
+    maker: Callable[[np.random.Generator, Any], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``scene`` under drawn lighting and sensor noise, with the defect ``maker`` draws (last) when given:
+    RGB uint8 ``(S, S, 3)`` and mask uint8 ``(S, S)``. Shared by the demo's classes and the parts dataset."""
+    size = scene.image.shape[0]
+    x, y = _grid(size)
+    heading = rng.uniform(0, 2 * np.pi)
+    ramp = ((x - size / 2) * math.cos(heading) + (y - size / 2) * math.sin(heading)) / size
+    gain = rng.uniform(0.9, 1.1) * (1 + rng.uniform(0.0, 0.25) * ramp)
+    noise = (rng.random((size, size, 3), dtype=np.float32) - np.float32(0.5)) * np.float32(_NOISE * math.sqrt(12))
+    image, mask = scene.image, np.zeros((size, size), bool)
+    if maker is not None:
+        image, mask = _add_defect(rng, scene, maker)
+    rgb = np.clip(np.rint((_scaled(image, gain) + noise) * 255), 0, 255).astype(np.uint8)
+    return rgb, mask.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -360,21 +383,23 @@ def render(
     :data:`DEFECTS`. The defect is drawn from ``rng`` last: equal generator states give the same image with and
     without the defect everywhere outside the mask.
     """
-    if class_name not in _SCENES:
-        raise ValueError(f"unknown class {class_name!r}; expected one of {', '.join(CLASSES)}")
-    if defect not in (None, GOOD, *DEFECTS):
-        raise ValueError(f"unknown defect {defect!r}; expected one of {', '.join(DEFECTS)}")
-    scene = _SCENES[class_name](rng, size)
-    x, y = _grid(size)
-    heading = rng.uniform(0, 2 * np.pi)
-    ramp = ((x - size / 2) * math.cos(heading) + (y - size / 2) * math.sin(heading)) / size
-    gain = rng.uniform(0.9, 1.1) * (1 + rng.uniform(0.0, 0.25) * ramp)
-    noise = (rng.random((size, size, 3), dtype=np.float32) - np.float32(0.5)) * np.float32(_NOISE * math.sqrt(12))
-    image, mask = scene.image, np.zeros((size, size), bool)
-    if defect not in (None, GOOD):
-        image, mask = _add_defect(rng, scene, defect)
-    rgb = np.clip(np.rint((_scaled(image, gain) + noise) * 255), 0, 255).astype(np.uint8)
-    return rgb, mask.astype(np.uint8)
+    return render_with(_SCENES, _DEFECT_MAKERS, class_name, rng, defect, size)
+
+
+def render_with(
+    scenes: dict[str, Callable[[np.random.Generator, int], Any]],
+    makers: dict[str, Callable[[np.random.Generator, Any], tuple[np.ndarray, np.ndarray]]],
+    class_name: str,
+    rng: np.random.Generator,
+    defect: str | None,
+    size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render` over other classes (``scenes``) and defects (``makers``): the parts dataset's."""
+    if class_name not in scenes:
+        raise ValueError(f"unknown class {class_name!r}; expected one of {', '.join(scenes)}")
+    if defect not in (None, GOOD, *makers):
+        raise ValueError(f"unknown defect {defect!r}; expected one of {', '.join(makers)}")
+    return photograph(rng, scenes[class_name](rng, size), None if defect in (None, GOOD) else makers[defect])
 
 
 def conveyor(seed: int, defect_rate: float = 0.2, size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, str, str]]:

@@ -210,7 +210,7 @@ def test_parts_defects_change_exactly_the_masked_pixels(class_name):
             # before lighting, noise and rounding the rule is exact: every masked pixel moves by VISIBLE or more
             rng = np.random.default_rng(seed)
             scene = parts._SCENES[class_name](rng, 128)
-            defective, exact = parts._add_defect(rng, scene, defect)
+            defective, exact = synthetic._add_defect(rng, scene, parts._DEFECT_MAKERS[defect])
             change = np.abs(defective - scene.image).max(axis=2)
             assert not change[~exact].any() and change[exact].min() >= parts.VISIBLE - 1e-6
 

@@ -22,8 +22,6 @@ import cv2
 import numpy as np
 
 from runtime.synthetic import (
-    _ATTEMPTS,
-    _NOISE,
     _SHIFT,
     GOOD,
     MAX_AREA,
@@ -42,7 +40,7 @@ from runtime.synthetic import (
     _shadow,
     _smooth_noise,
     _surface,
-    _visible,
+    render_with,
 )
 
 __all__ = ["CLASSES", "DEFECTS", "GOOD", "MAX_AREA", "MIN_AREA", "VISIBLE", "render"]
@@ -327,41 +325,11 @@ _DEFECT_MAKERS: dict[str, Callable[[np.random.Generator, _Part], tuple[np.ndarra
 }
 
 
-def _add_defect(rng: np.random.Generator, scene: _Part, defect: str) -> tuple[np.ndarray, np.ndarray]:
-    """The defective scene and its mask; draws again (up to a limit) until the area is in range."""
-    for _ in range(_ATTEMPTS):
-        alpha, target = _DEFECT_MAKERS[defect](rng, scene)
-        alpha = _visible(scene, alpha, target)
-        if MIN_AREA <= np.count_nonzero(alpha) / alpha.size <= MAX_AREA:
-            break
-    image = scene.image + _scaled(target - scene.image, alpha)
-    return image, alpha > 0
-
-
 # --------------------------------------------------------------------------------------------- public
 
 
 def render(
     class_name: str, rng: np.random.Generator, defect: str | None = None, size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image of ``class_name``: RGB uint8 ``(size, size, 3)`` and mask uint8 ``(size, size)`` (0 or 1).
-
-    ``defect`` is ``None`` (or ``"good"``) for a normal image, whose mask is all zero, or one of
-    :data:`DEFECTS`. The defect is drawn from ``rng`` last: equal generator states give the same image with and
-    without the defect everywhere outside the mask.
-    """
-    if class_name not in _SCENES:
-        raise ValueError(f"unknown class {class_name!r}; expected one of {', '.join(CLASSES)}")
-    if defect not in (None, GOOD, *DEFECTS):
-        raise ValueError(f"unknown defect {defect!r}; expected one of {', '.join(DEFECTS)}")
-    scene = _SCENES[class_name](rng, size)
-    x, y = _grid(size)
-    heading = rng.uniform(0, 2 * np.pi)
-    ramp = ((x - size / 2) * math.cos(heading) + (y - size / 2) * math.sin(heading)) / size
-    gain = rng.uniform(0.9, 1.1) * (1 + rng.uniform(0.0, 0.25) * ramp)
-    noise = (rng.random((size, size, 3), dtype=np.float32) - np.float32(0.5)) * np.float32(_NOISE * math.sqrt(12))
-    image, mask = scene.image, np.zeros((size, size), bool)
-    if defect not in (None, GOOD):
-        image, mask = _add_defect(rng, scene, defect)
-    rgb = np.clip(np.rint((_scaled(image, gain) + noise) * 255), 0, 255).astype(np.uint8)
-    return rgb, mask.astype(np.uint8)
+    """One image of a parts class, drawn as :func:`runtime.synthetic.render` draws the demo's."""
+    return render_with(_SCENES, _DEFECT_MAKERS, class_name, rng, defect, size)
