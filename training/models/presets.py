@@ -205,7 +205,7 @@ def tiny() -> ModelConfig:
 
     Chosen by measurement on the demo's synthetic set (2-core CPU, all 240 test images, README "Accuracy of the
     tiny recipe"): 8 latent channels (the 4 of kl-f8 reconstructed held-out scenes at 18.7 dB against 20.6 dB),
-    the pretrained EfficientNet-Lite0 scorer, ``all`` injection (``mid+sff`` lost 0.04-0.07 AUROC). The VAE's
+    the pretrained EfficientNet-Lite0 scorer, ``all`` injection (``mid+sff`` lost 0.02-0.07 AUROC). The VAE's
     scaled latents have a standard deviation of about 0.5, not SD's 1, so the noise of a given t weighs twice
     as much: from t=24 with 2 DDIM steps (tau = 13, 1) DiAD scored best per step (t=99 or 199 blurred normal
     texture away; one step, tau = 1 on a latent noised to t=24 as the reference's plan has it, left noise behind).
