@@ -93,14 +93,13 @@ def remove_fp16_round_trips(graph: onnx.GraphProto) -> int:
             del node.attribute[:]
             removed += 1
     outputs = {o.name for o in graph.output}
-    while dead := [n for n in graph.node if n.op_type == "Cast" and not (outputs | _consumed(graph)).intersection(n.output)]:
-        for node in dead:
-            graph.node.remove(node)
-    return removed
-
-
-def _consumed(graph: onnx.GraphProto) -> set[str]:
-    return {name for node in graph.node for name in node.input}
+    while True:  # a dropped cast may leave the cast before it unused
+        used = outputs | {name for node in graph.node for name in node.input}
+        kept = [n for n in graph.node if n.op_type != "Cast" or used.intersection(n.output)]
+        if len(kept) == len(graph.node):
+            return removed
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:
