@@ -4,7 +4,8 @@
 
 ``--data generic``: held-out generated images (:mod:`training.generic_images`, a seed the base model never
 trained on); a dataset folder: its normal test images. Prints the mean PSNR (dB, RGB in [0, 1]) and the mean
-feature distance (the scorer's anomaly map, averaged over pixels) of ``decode(encode_mean(x))``.
+feature distance (the scorer's anomaly map, averaged over pixels) of ``decode(encode_mean(x))``, and the standard
+deviation of the scaled latents (the VAE's ``scaling_factor`` should bring it near 1, as SD's does for its VAE).
 """
 from __future__ import annotations
 
@@ -47,15 +48,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = model.config
     scorer = FeatureScorer.from_config(config.scorer, config.image_size)
     images = normal_images(args.data, config.image_size, args.images)
-    psnr, distance = [], []
+    psnr, distance, latents = [], [], []
     with torch.inference_mode():
         for batch in images.split(args.batch_size):
-            recon = model.vae.decode(model.vae.encode_mean(batch))
+            latents.append(model.vae.encode_mean(batch))
+            recon = model.vae.decode(latents[-1])
             psnr.append(peak_signal_to_noise(batch, recon))
             distance.append(scorer(batch, recon)[0].mean(dim=(1, 2)).numpy())
     result = {"run": args.run, "data": args.data, "images": len(images),
               "psnr_db": round(float(np.concatenate(psnr).mean()), 2),
-              "feature_distance": round(float(np.concatenate(distance).mean()), 4)}
+              "feature_distance": round(float(np.concatenate(distance).mean()), 4),
+              "scaled_latent_std": round(float(torch.cat(latents).std()), 3), "scaling_factor": model.vae.scale}
     print(json.dumps(result))
     return 0
 

@@ -46,7 +46,7 @@ def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, alpha_t: torch.Tensor, alp
 
 
 class VaeEncoderGraph(nn.Module):
-    """``image`` -> ``latent``: the posterior mean x 0.18215 (deterministic)."""
+    """``image`` -> ``latent``: the posterior mean x the VAE's scaling factor (deterministic)."""
 
     def __init__(self, model: DiAD):
         super().__init__()

@@ -4,7 +4,7 @@ TensorRT version and GPU architecture) per component. Written by ``export``, rea
 Components and their tensors (:data:`COMPONENT_IO`; batch axis ``B`` dynamic, all I/O float32 even in an FP16
 model folder):
 
-* ``vae_encoder``: ``image`` (B, 3, S, S) ImageNet-normalised -> ``latent`` (B, 4, s, s), posterior mean x 0.18215
+* ``vae_encoder``: ``image`` (B, 3, S, S) ImageNet-normalised -> ``latent`` (B, C, s, s), posterior mean x the VAE's scaling factor
 * ``hint_encoder``: ``image`` -> ``hint`` (B, C, s, s), the SG network's encoded hint (once per image)
 * ``denoise_step``: ``x_t``, ``hint``, ``timestep`` (B,), ``alpha_t`` (B,), ``alpha_prev`` (B,) -> ``x_prev``:
   SG network + UNet + the DDIM update, one call per step

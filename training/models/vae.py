@@ -1,7 +1,7 @@
 """The frozen kl-f8 autoencoder between ImageNet-normalised images and scaled latents.
 
 The whole model works in ImageNet-normalised image space (not [-1, 1]), as the reference does: the fine-tuned
-VAE takes and returns normalised images. Latents are ``scaling_factor`` (0.18215) times the posterior.
+VAE takes and returns normalised images. Latents are ``scaling_factor`` (SD's 0.18215; ``tiny``: 0.33) times the posterior.
 """
 from __future__ import annotations
 
