@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev,serve]"
+	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0  # the Triton server (pyproject.toml: serve)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -8,6 +8,6 @@
 - :mod:`runtime.serving.client`: :class:`RemoteDetector`, the stream's client of the server (``tritonclient``).
 
 ``python -m runtime.serve`` starts a server; ``python -m runtime.stream --server grpc://HOST:PORT`` scores through
-one. Both need the ``serve`` extra (``pip install -e ".[serve]"``); a camera machine needs only
-``tritonclient[grpc]``.
+one. The client needs the ``serve`` extra (``tritonclient[grpc]``); the server also ``nvidia-pytriton``, installed
+with ``--no-deps`` (see ``pyproject.toml``).
 """

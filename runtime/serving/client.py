@@ -32,7 +32,7 @@ from runtime.serving.repository import INPUT, MAP_OUTPUTS, OUTPUTS
 DEFAULT_PORT = 8001
 BACKOFF_S = (0.5, 8.0)  # reconnecting: the first wait, the longest (as the live sources')
 TIMEOUT_S = 60.0  # one request, queueing included
-CLIENT_HINT = 'pip install "tritonclient[grpc]" (or the serving extra: pip install -e ".[serve]")'
+CLIENT_HINT = 'pip install "tritonclient[grpc]" (the serving extra: pip install -e ".[serve]")'
 
 
 def grpc_address(url: str) -> str:

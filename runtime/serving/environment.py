@@ -18,7 +18,8 @@ from pathlib import Path
 
 from runtime.errors import ServerError
 
-INSTALL_HINT = 'install the serving extra: pip install -e ".[serve]" (nvidia-pytriton and tritonclient[grpc])'
+INSTALL_HINT = ('install the serving extra and the server: pip install -e ".[serve]" && pip install --no-deps '
+                'nvidia-pytriton==0.7.0 (make venv does both)')
 
 
 @dataclass(frozen=True)

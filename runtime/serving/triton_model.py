@@ -4,7 +4,9 @@ Triton hands :meth:`TritonPythonModel.execute` the requests it batched; each hol
 (b, H, W, 3)`` of any size. Every frame is checked and pre-processed by the runtime (:meth:`Detector.prepare`,
 within the served :class:`~runtime.limits.Limits`); a request with a bad frame is answered with an error naming
 the frame, the others in the batch are scored together in one call of the detector. Only the outputs a request
-asks for are sent. Uncalibrated model folders answer ``pred_score`` NaN and ``pred_label`` false.
+asks for are sent. Uncalibrated model folders answer ``pred_score`` NaN and ``pred_label`` false. Tensors cross
+to and from the stub by DLPack: the stub's own numpy conversion was built for numpy 1 and yields empty outputs
+under numpy 2.
 
 Runs inside Triton's Python backend stub, which provides ``triton_python_backend_utils`` (imported there, in
 :meth:`TritonPythonModel.initialize`, so this module imports anywhere).
@@ -42,7 +44,7 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         tensors, owners = [], []
         for r, request in enumerate(requests):
-            frames = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+            frames = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, INPUT))
             try:
                 prepared = [self.detector.prepare(frame, f"{INPUT}[{k}]") for k, frame in enumerate(frames)]
             except DiadError as exc:
@@ -75,8 +77,13 @@ class TritonPythonModel:
             "pred_mask": lambda: [p.pred_mask if calibrated else np.zeros((size, size), bool) for p in predictions],
         }
         kinds = {"pred_label": np.bool_, "pred_mask": np.bool_}
-        tensors = [pb_utils.Tensor(name, np.asarray(values[name](), kinds.get(name, np.float32))) for name in wanted]
+        tensors = [_tensor(name, np.asarray(values[name](), kinds.get(name, np.float32))) for name in wanted]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
         self.detector.close()
+
+
+def _tensor(name: str, array: np.ndarray):
+    """An output tensor handed over by DLPack (the stub's numpy conversion predates numpy 2)."""
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
