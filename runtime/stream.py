@@ -1,7 +1,7 @@
 """``python -m runtime.stream``: score a camera, network stream, video, image folder or the synthetic conveyor.
 
     python -m runtime.stream [--source synthetic|0|rtsp://...|clip.mp4|folder|'*.png'] [--model models/tiny]
-        [--frames N] [--jsonl PATH] [--save out.mp4|folder] [--show]
+        [--frames N] [--jsonl PATH] [--save out.mp4|folder] [--show] [--server grpc://HOST:PORT]
 
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
@@ -13,7 +13,9 @@ flight). Every frame gives one record, in order: a verdict, or an error when it 
 a limit (``--max-pixels``, ``--max-side``, ``--max-file-mb``) or fails pre-processing, and the stream goes on. Only
 the model or an output failing, or a live source lost for good, stops it early (status 1, with the summary; frames
 already taken get error records). SIGINT / SIGTERM finish the frames in flight, close the outputs and print the
-summary (status 0).
+summary (status 0). With ``--server`` the frames are scored by a Triton server (``python -m runtime.serve``,
+:class:`~runtime.serving.client.RemoteDetector`), which batches them with other cameras' frames; while it is down
+or restarting, the frames get error records and the stream reconnects with backoff.
 
 A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
 ``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
