@@ -1,4 +1,6 @@
 # The two set-up commands of the README. Each creates .venv with what it needs when it is missing.
+# The interpreter must have a shared libpython (Py_ENABLE_SHARED=1: pyenv's and Debian's here) for Triton's
+# Python backend, which embeds it (python -m runtime.serve says so when it has none).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +24,8 @@ STREAM_ARGS ?= --frames 300 --batch-size 8 --save runs/stream/annotated.mp4
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev]"
+	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev,serve]"
+	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0  # the Triton server (pyproject.toml: serve)
 	touch $(STAMP)
 
 venv: $(STAMP)

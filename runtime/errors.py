@@ -40,3 +40,7 @@ class SourceError(DiadError):
 
 class BackendError(DiadError):
     """An inference backend (ONNX Runtime, TensorRT, a GPU) is missing or cannot run the model folder."""
+
+
+class ServerError(DiadError):
+    """An inference server cannot be reached, cannot be started, or refused a request."""

@@ -1,7 +1,7 @@
 """``python -m runtime.stream``: score a camera, network stream, video, image folder or the synthetic conveyor.
 
     python -m runtime.stream [--source synthetic|0|rtsp://...|clip.mp4|folder|'*.png'] [--model models/tiny]
-        [--frames N] [--jsonl PATH] [--save out.mp4|folder] [--show]
+        [--frames N] [--jsonl PATH] [--save out.mp4|folder] [--show] [--server grpc://HOST:PORT]
 
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
@@ -13,7 +13,9 @@ flight). Every frame gives one record, in order: a verdict, or an error when it 
 a limit (``--max-pixels``, ``--max-side``, ``--max-file-mb``) or fails pre-processing, and the stream goes on. Only
 the model or an output failing, or a live source lost for good, stops it early (status 1, with the summary; frames
 already taken get error records). SIGINT / SIGTERM finish the frames in flight, close the outputs and print the
-summary (status 0).
+summary (status 0). With ``--server`` the frames are scored by a Triton server (``python -m runtime.serve``,
+:class:`~runtime.serving.client.RemoteDetector`), which batches them with other cameras' frames; while it is down
+or restarting, the frames get error records and the stream reconnects with backoff.
 
 A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
 ``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
@@ -46,9 +48,11 @@ import numpy as np
 
 from runtime.cli import add_backend_arguments, run_cli
 from runtime.detector import Detector, Prediction
-from runtime.errors import DiadError, ModelFolderError
+from runtime.errors import DiadError, ModelFolderError, ServerError
 from runtime.limits import Limits
+from runtime.manifest import Manifest
 from runtime.metrics import auroc
+from runtime.schedule import DDIMPlan
 from runtime.sinks import (
     OTHER_COLOUR,
     PARTS,
@@ -61,6 +65,7 @@ from runtime.sinks import (
     format_summary,
     open_frame_sink,
 )
+from runtime.serving.client import RemoteDetector
 from runtime.sources import Frame, LatestFrameReader, Source, open_source
 from runtime.visualize import label, overlay
 
@@ -255,7 +260,7 @@ class _Batch:
             item.frame.error, item.tensor = error, None
 
 
-def _take(detector: Detector, frame: Frame, keep_picture: bool) -> _Item:
+def _take(detector: Detector | RemoteDetector, frame: Frame, keep_picture: bool) -> _Item:
     """Pre-process ``frame``: whatever goes wrong becomes the frame's error."""
     item = _Item(frame)
     if frame.error is None and frame.image is None:
@@ -300,7 +305,7 @@ class _Pipeline:
     :meth:`close` abandons what is in flight (the writer is gone) and waits for both threads.
     """
 
-    def __init__(self, detector: Detector, source: Source, size: int, frames: int | None,
+    def __init__(self, detector: Detector | RemoteDetector, source: Source, size: int, frames: int | None,
                  stop_event: threading.Event | None, keep_pictures: bool) -> None:
         self.detector, self.source, self.size, self.frames = detector, source, size, frames
         self.stop_event, self.keep_pictures = stop_event, keep_pictures
@@ -409,6 +414,8 @@ class _Pipeline:
             batch.submitted = time.perf_counter()
             try:
                 self.detector.submit(np.stack([item.tensor for item in ready]))
+            except ServerError as exc:  # a server down: these frames fail, the stream goes on (and reconnects)
+                self._server_failed(batch, exc)
             except Exception as exc:  # noqa: BLE001 (a failure of the model itself stops the run, with a summary)
                 self._fail(batch, exc)
 
@@ -420,12 +427,20 @@ class _Pipeline:
             return
         try:
             out = self.detector.collect()
+        except ServerError as exc:
+            self._server_failed(batch, exc)
+            return
         except Exception as exc:  # noqa: BLE001 (as in _submit)
             self._fail(batch, exc)
             return
         batch.collected, batch.seconds = time.perf_counter(), out.seconds
         for item, prediction in zip(batch.ready(), self.detector.predictions(out), strict=True):
             item.prediction = prediction
+
+    def _server_failed(self, batch: _Batch, exc: ServerError) -> None:
+        log.warning("%s", exc)
+        batch.submitted = None
+        batch.refuse(str(exc))
 
     def _fail(self, batch: _Batch, exc: Exception) -> None:
         self.failure = f"model failed: {type(exc).__name__}: {exc}"
@@ -534,7 +549,7 @@ def _write_frames(frame_sinks: Sequence[FrameSink], image: np.ndarray) -> bool:
 
 
 def stream(
-    detector: Detector,
+    detector: Detector | RemoteDetector,
     source: Source,
     records: Sequence[RecordSink] = (),
     frame_sinks: Sequence[FrameSink] = (),
@@ -585,9 +600,17 @@ def stream(
             **run.truth.summary()}
 
 
-def model_summary(detector: Detector) -> dict:
-    """What scored the frames: preset, DDIM plan and scorer (backbone, layers, weights), from the manifest."""
-    data, plan = detector.manifest.data, detector.plan
+def model_summary(detector: Detector | RemoteDetector) -> dict:
+    """What scored the frames: preset, DDIM plan and scorer (backbone, layers, weights), from the manifest (a
+    server's: as it published it)."""
+    if isinstance(detector, RemoteDetector):
+        return detector.summary
+    return manifest_summary(detector.manifest, detector.plan)
+
+
+def manifest_summary(manifest: Manifest, plan: DDIMPlan) -> dict:
+    """A model folder's preset, DDIM ``plan`` and scorer, for summaries."""
+    data = manifest.data
     return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
             "scorer": data.get("scorer", {})}
 
@@ -642,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera index, video file, RTSP/HTTP URL, image folder or glob, or 'synthetic' (default)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL}: make demo)")
     add_backend_arguments(parser)
+    parser.add_argument("--server", metavar="grpc://HOST:PORT",
+                        help="score through a Triton server (python -m runtime.serve) instead of a local model: "
+                        "--model, --backend, --device, --provider, --steps and --start-t are the server's")
+    parser.add_argument("--served-model", default="diad", help="with --server: the model's name there (diad)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the model folder's)")
     parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
     parser.add_argument("--frames", type=int, help="stop after this many frames (default: the end of the source)")
@@ -671,7 +698,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--max-fps must be positive")
     if not 0.0 <= args.defect_rate <= 1.0:
         parser.error("--defect-rate must lie in [0, 1]")
+    if args.server and (args.steps is not None or args.start_t is not None):
+        parser.error("--steps and --start-t are the server's with --server (python -m runtime.serve)")
     return args
+
+
+def _open_model(args: argparse.Namespace, limits: Limits) -> Detector | RemoteDetector:
+    """The local detector of ``--model``, or the ``--server``'s model."""
+    if not args.server:
+        return open_detector(args.model, args.backend, args.device, args.steps, args.start_t, limits, args.provider)
+    remote = RemoteDetector(args.server, args.served_model, limits, maps=bool(args.save or args.show))
+    log.info("scoring through %s: model %s version %s (manifest sha256 %s)", args.server, remote.model,
+             remote.version, remote.manifest_sha256)
+    if not remote.calibrated:
+        log.warning("the served model has no thresholds: label and pred_score are null")
+    return remote
 
 
 def _open_sinks(args: argparse.Namespace, stack: ExitStack) -> tuple[list[RecordSink], list[FrameSink]]:
@@ -689,14 +730,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     with stop_on_signals(stop) as received:
-        require_model_folder(args.model)  # before a camera is opened
+        if not args.server:
+            require_model_folder(args.model)  # before a camera is opened
         limits = Limits.from_args(args)
         source = open_source(args.source, loop=args.loop, seed=args.seed, defect_rate=args.defect_rate,
                              max_fps=args.max_fps, limits=limits)
         with ExitStack() as stack:
             try:
-                detector = stack.enter_context(open_detector(args.model, args.backend, args.device, args.steps,
-                                                             args.start_t, limits, args.provider))
+                detector = stack.enter_context(_open_model(args, limits))
                 records, frame_sinks = _open_sinks(args, stack)
             except BaseException:
                 source.close()
