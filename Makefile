@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 # The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> evaluation -> export -> calibration -> the
 # stream over synthetic conveyor frames. Both training stages start from the shipped tiny base model and use the
@@ -24,11 +25,16 @@ STREAM_ARGS ?= --frames 300 --batch-size 8 --save runs/stream/annotated.mp4
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev,serve]"
-	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0  # the Triton server (pyproject.toml: serve)
+	$(PY) -m pip install --quiet -e ".[runtime,train,export]"
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The tests also need the dev and serve extras, and the Triton server.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev,serve]"
+	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0  # the Triton server (pyproject.toml: serve)
+	touch $(TEST_STAMP)
+
+venv: $(TEST_STAMP)
 
 $(DATA)/synthetic.json: | $(STAMP)
 	$(PY) -m training.synthetic $(DATA) --seed 0
@@ -63,7 +69,7 @@ demo: $(RUN)/metrics.md $(MODEL)/.calibrated
 	@mkdir -p runs/stream
 	$(PY) -m runtime.stream --model $(MODEL) --source synthetic $(STREAM_ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 clean:
