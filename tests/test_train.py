@@ -71,9 +71,11 @@ def test_autoencoder_training_feeds_the_run(dataset, tmp_path):
 
 
 def test_ddp_replicas_stay_identical(dataset, tmp_path):
+    """Two replicas under torchrun; ``--standalone`` puts the rendezvous on a free port (a fixed one collides with
+    any other job on the machine)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "tests" / "helpers" / "ddp_train.py"),
          *_args(dataset, tmp_path / "ddp", "--max-steps", "3", "--unet-fraction", "0.3", "--batch-size", "1",
                 "--device", "cpu")],
