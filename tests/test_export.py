@@ -142,21 +142,26 @@ def fp16_fed(model: onnx.ModelProto) -> set[str]:
 
 def on_paths(model: onnx.ModelProto, sources: list[str], sinks: list[str]) -> list[onnx.NodeProto]:
     """The nodes on a path from a tensor in ``sources`` to a tensor in ``sinks``."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        producer.update(dict.fromkeys(node.output, node))
     after, todo = set(), list(sources)
     while todo:
-        name = todo.pop()
-        for node in model.graph.node:
-            if name in node.input and node.name not in after:
+        for node in consumers.get(todo.pop(), []):
+            if node.name not in after:
                 after.add(node.name)
                 todo += node.output
-    producer = {o: n for n in model.graph.node for o in n.output}
     before, todo = set(), list(sinks)
     while todo:
         node = producer.get(todo.pop())
         if node is not None and node.name not in before:
             before.add(node.name)
             todo += node.input
-    return [n for n in model.graph.node if n.name in after & before]
+    between = after & before
+    return [n for n in model.graph.node if n.name in between]
 
 
 def test_fp16_graphs_run_norms_softmax_schedule_and_scoring_math_in_fp32(fp16_dir):
@@ -165,10 +170,11 @@ def test_fp16_graphs_run_norms_softmax_schedule_and_scoring_math_in_fp32(fp16_di
     manifest = Manifest.load(fp16_dir)
     assert manifest.precision == "fp16"
     graphs = {name: onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(name)))) for name in COMPONENTS}
+    fed_by = {name: fp16_fed(model) for name, model in graphs.items()}
     for name, model in graphs.items():
         census = precision_census(model)
         assert census["fp16"] > 10 * census["fp32"], (name, census)
-        fed = fp16_fed(model)
+        fed = fed_by[name]
         assert not [n.name for n in model.graph.node if n.op_type in FP32_MATH and n.name in fed], name
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         cast_to = {n.output[0]: (n.attribute[0].i, n.input[0]) for n in model.graph.node if n.op_type == "Cast"}
@@ -181,14 +187,14 @@ def test_fp16_graphs_run_norms_softmax_schedule_and_scoring_math_in_fp32(fp16_di
         for value in list(model.graph.input) + list(model.graph.output):  # FP32 I/O
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
-    step, fed = graphs["denoise_step"], fp16_fed(graphs["denoise_step"])
+    step, fed = graphs["denoise_step"], fed_by["denoise_step"]
     ddim = on_paths(step, ["alpha_t", "alpha_prev"], ["x_prev"])  # the DDIM update, from the alphas to x_prev
     assert len(ddim) >= 8 and not [n.name for n in ddim if n.name in fed]
     sinusoids = [o for n in step.graph.node if n.op_type in ("Sin", "Cos") for o in n.output]
     timestep = on_paths(step, ["timestep"], sinusoids)  # integer timesteps (exact in FP16) may only be moved
     assert len(sinusoids) >= 4 and not [n.name for n in timestep if n.name in fed and n.op_type not in DATA_MOVEMENT]
 
-    scorer, fed = graphs["scorer"], fp16_fed(graphs["scorer"])
+    scorer, fed = graphs["scorer"], fed_by["scorer"]
     matrices = [o for n in scorer.graph.node if n.op_type == "MatMul" for o in n.output]
     distances = [n for n in scorer.graph.node if n.op_type in ("ReduceSum", "Sqrt")]  # the cosine distances
     after_features = on_paths(scorer, [o for n in distances for o in n.output], ["anomaly_map", "score"])
