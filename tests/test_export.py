@@ -96,6 +96,8 @@ def test_verify_fails_on_a_graph_that_differs_from_pytorch(model_dir, tiny_run, 
     import export.__main__ as command
 
     monkeypatch.setattr(command, "parity", lambda *args, **kwargs: results)
+    # the command's verify step on these results; the graphs are model_dir's (exporting them again is the fixture's)
+    monkeypatch.setattr(command, "write_model_folder", lambda *args, **kwargs: (Manifest.load(model_dir), []))
     with pytest.raises(SystemExit) as exit_info:
         run_cli(command.main, ["--run", str(tiny_run), "--out", str(model_dir.parent / "verify")])
     assert exit_info.value.code == 2 and "error: 1 exported graph(s) disagree" in capsys.readouterr().err
