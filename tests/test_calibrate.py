@@ -4,15 +4,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.model_folder import make_folder
 
-from runtime import Detector, metrics
+from runtime import Detector
 from runtime.calibrate import (
     CalibrationWarning,
     LabelledImage,
@@ -39,6 +41,30 @@ INF32 = np.float32(np.inf)
 def above(value: float) -> float:
     """The smallest float32 above ``value``."""
     return float(np.nextafter(np.float32(value), INF32))
+
+
+def allowed(rate: float, n: int) -> int:
+    """``floor(rate * n)`` in exact decimal arithmetic."""
+    return math.floor(Fraction(str(rate)) * n)
+
+
+def assert_fpr_rule(values: np.ndarray, rate: float, threshold: float) -> None:
+    """The FPR rule's defining property, whatever computed ``threshold``: at most ``floor(rate * n)`` values lie at
+    or above it, and more at or above the next lower float32."""
+    values = np.asarray(values, np.float32)
+    lower = np.nextafter(np.float32(threshold), -INF32)
+    assert np.sum(values >= np.float32(threshold)) <= allowed(rate, values.size) < np.sum(values >= lower)
+
+
+def f1_oracle(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """scikit-learn's precision-recall curve: the best F1 and the highest threshold reaching it (``score >= t``)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(np.ravel(labels), np.ravel(scores))
+    p, r = precision[:-1], recall[:-1]
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)
+    best = f1.max()
+    return float(best), float(thresholds[f1 >= best - 1e-12].max())  # distinct F1s of counts differ by > 1e-11
 
 
 # ------------------------------------------------------------------------------------------- the rules (pure)
@@ -69,13 +95,27 @@ def test_fpr_rule_with_ties_and_bad_rates():
         fpr_threshold(np.array([1.0, np.nan], np.float32), 0.1)
 
 
-def test_f1_rule_is_metrics_f1_max_and_the_best_highest_threshold():
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.05, 0.1, 0.29, 0.5, 0.95])
+def test_fpr_rule_against_a_search_over_every_candidate_threshold(rate):
+    """An independent oracle: the count of values at or above ``t`` changes only just above a value, so the rule's
+    threshold is the smallest of those candidates that lets at most ``floor(rate * n)`` values through."""
+    values = np.round(np.random.default_rng(7).gamma(2.0, 1.0, 400), 2).astype(np.float32)  # many ties
+    candidates = np.nextafter(np.unique(values), INF32)
+    at_or_above = (values[None, :] >= candidates[:, None]).sum(axis=1)
+    expected = candidates[at_or_above <= allowed(rate, values.size)].min()
+    threshold = fpr_threshold(values, rate)
+    assert threshold == expected
+    assert np.mean(values >= np.float32(threshold)) <= rate  # the stated false-reject rate, on these values
+    assert_fpr_rule(values, rate, threshold)
+
+
+def test_f1_rule_is_the_best_highest_threshold():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
     scores = (rng.normal(size=300) + labels).astype(np.float32)
     scores[:20] = scores[20:40]  # ties
     threshold = f1_threshold(scores, labels)
-    assert threshold == metrics.f1_max(scores, labels)[1]
+    assert threshold == f1_oracle(scores, labels)[1]  # scikit-learn's precision-recall curve agrees
 
     def f1(t: float) -> float:
         flagged = scores >= t
@@ -188,6 +228,8 @@ def calibrated(model_dir, synthetic_data, tmp_path_factory):
 
 
 def test_cli_writes_fpr_thresholds_that_the_detector_applies(calibrated):
+    """Wiring: the command's thresholds are the FPR rule's on the detector's raw outputs (the rules themselves are
+    checked against independent computations above)."""
     model, good, printed = calibrated
     t = Manifest.load(model).thresholds
     assert t.calibrated and t.method == "fpr"
@@ -228,6 +270,9 @@ def detector(model_dir):
 
 
 def test_validation_picks_f1_optimal_thresholds(detector, synthetic_data):
+    """Checked against scikit-learn and the FPR rule's defining property (the wiring test above uses the rules)."""
+    from sklearn.metrics import roc_auc_score
+
     fabric = synthetic_data / "fabric"
     good = sorted((fabric / "train" / "good").glob("*.png"))
     validation = [
@@ -246,16 +291,16 @@ def test_validation_picks_f1_optimal_thresholds(detector, synthetic_data):
     maps = np.stack([p.raw_map for p in val])
     masks = np.stack([preprocess_mask(read_mask(v.mask), size) if v.mask else np.zeros((size, size), np.uint8)
                       for v in validation])
-    image_f1, image_t = metrics.f1_max(scores, labels)
-    pixel_f1, pixel_t = metrics.f1_max(maps.ravel(), masks.ravel())
+    image_f1, image_t = f1_oracle(scores, labels)
+    pixel_f1, pixel_t = f1_oracle(maps, masks)
     assert t.method == "f1"
-    assert (t.image, t.pixel) == (image_t, pixel_t)
+    assert (np.float32(t.image), np.float32(t.pixel)) == (np.float32(image_t), np.float32(pixel_t))
     assert t.details["f1_rule"]["image"]["f1"] == pytest.approx(image_f1)
     assert t.details["f1_rule"]["pixel"]["f1"] == pytest.approx(pixel_f1)
-    assert t.details["f1_rule"]["image"]["auroc"] == pytest.approx(metrics.auroc(scores, labels))
+    assert t.details["f1_rule"]["image"]["auroc"] == pytest.approx(roc_auc_score(labels, scores))
     calib_scores = np.array([p.score for p in calib], np.float32)
     assert t.details["fpr_rule"]["image"]["threshold"] == above(calib_scores.max())  # k = 0 with 2 images
-    assert t.details["fpr_rule"]["pixel"]["threshold"] == fpr_threshold(np.stack([p.raw_map for p in calib]), 0.001)
+    assert_fpr_rule(np.stack([p.raw_map for p in calib]), 0.001, t.details["fpr_rule"]["pixel"]["threshold"])
     assert t.image_min == min(calib_scores.min(), scores.min()) and t.image_max == max(calib_scores.max(), scores.max())
     assert any("at least 100" in w for w in t.details["warnings"])
 

@@ -217,21 +217,42 @@ def test_live_source_without_reconnect_ends_and_bad_frames_are_errors():
 def test_reader_keeps_the_newest_frames_and_counts_drops():
     source = Burst(20)
     with LatestFrameReader(source, capacity=3) as reader:
-        assert source.finished.wait(2)
+        assert source.finished.wait(30)
         frames = list(reader)
     assert [f.index for f in frames] == [17, 18, 19]
     assert reader.received == 20 and reader.dropped == 17
 
 
+class Lockstep(Source):
+    """A source that delivers ``groups`` groups of ``size`` frames, each group only after the consumer took a frame
+    of the one before (``delivered``: a group is in the reader's buffer; ``taken``: the consumer took a frame)."""
+
+    def __init__(self, groups, size):
+        super().__init__("lockstep")
+        self.groups, self.size = groups, size
+        self.delivered, self.taken = threading.Event(), threading.Event()
+
+    def _frames(self):
+        for _ in range(self.groups):
+            for _ in range(self.size):
+                yield self._make(image=np.zeros((2, 2, 3), np.uint8))
+            self.delivered.set()  # resumed for the next frame: the group's last one is in the buffer
+            assert self.taken.wait(30)
+            self.taken.clear()
+
+
 def test_slow_consumer_drops_frames_and_accounting_is_exact():
-    reader = LatestFrameReader(Burst(60, delay=0.001))
+    source = Lockstep(groups=20, size=3)  # the consumer takes one frame while the source delivers three
     consumed = []
-    for frame in reader:
-        consumed.append(frame.index)
-        time.sleep(0.005)
-    reader.close()
-    assert reader.dropped > 0 and len(consumed) + reader.dropped == reader.received == 60
-    assert consumed == sorted(set(consumed)) and consumed[-1] == 59
+    with LatestFrameReader(source) as reader:
+        for _ in range(source.groups):
+            assert source.delivered.wait(30)
+            source.delivered.clear()
+            consumed.append(next(reader).index)
+            source.taken.set()
+        assert list(reader) == []  # the end of the source
+    assert consumed == list(range(2, 60, 3))  # the newest frame of each group
+    assert reader.dropped == 40 and reader.received == 60
 
 
 def test_reader_hands_source_errors_to_the_consumer():

@@ -26,7 +26,7 @@ from runtime.cli import run_cli
 from runtime.manifest import Manifest, Thresholds
 from runtime.sinks import PARTS
 from runtime.sources import Source, open_source
-from runtime.stream import display_size, main, stream
+from runtime.stream import display_size, main, stop_on_signals, stream
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"preprocess", "encode", "steps", "decode", "score"}
@@ -65,9 +65,9 @@ def _video_frames(path: Path) -> int:
     return count
 
 
-def test_synthetic_feed_to_jsonl_and_video(model_dir, tmp_path, capsys):
+def test_synthetic_feed_to_jsonl_and_video(tiny, tmp_path, capsys):
     out, video = tmp_path / "out.jsonl", tmp_path / "annotated.mp4"
-    assert main(["--model", str(model_dir), "--frames", "6", "--jsonl", str(out), "--save", str(video),
+    assert main(["--model", str(tiny), "--frames", "6", "--jsonl", str(out), "--save", str(video),
                  "--defect-rate", "0.5"]) == 0
     records = _lines(out.read_text())
     assert [r["frame"] for r in records] == list(range(6))
@@ -85,14 +85,14 @@ def test_synthetic_feed_to_jsonl_and_video(model_dir, tmp_path, capsys):
     assert _summary(captured.err) == (6, 0, 0)
 
 
-def test_folder_with_a_corrupt_file_gives_an_error_record_and_goes_on(model_dir, synthetic_data, tmp_path, capsys):
+def test_folder_with_a_corrupt_file_gives_an_error_record_and_goes_on(tiny, synthetic_data, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     pictures = sorted(synthetic_data.glob("fabric/test/*/*.png"))[:3]
     for name, picture in zip(("a.png", "c.png", "d.png"), pictures, strict=True):
         shutil.copy(picture, folder / name)
     (folder / "b.png").write_bytes(b"not a png at all")
-    assert main(["--model", str(model_dir), "--source", str(folder), "--save", str(tmp_path / "shown"),
+    assert main(["--model", str(tiny), "--source", str(folder), "--save", str(tmp_path / "shown"),
                  "--time", "epoch_ms"]) == 0
     captured = capsys.readouterr()
     records = _lines(captured.out)  # standard output carries nothing but the records
@@ -104,7 +104,7 @@ def test_folder_with_a_corrupt_file_gives_an_error_record_and_goes_on(model_dir,
     assert _summary(captured.err) == (4, 1, 0)
 
 
-def test_batches_score_like_single_frames_and_keep_order(model_dir, synthetic_data, tmp_path, capsys):
+def test_batches_score_like_single_frames_and_keep_order(tiny, synthetic_data, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     for k, picture in enumerate(sorted(synthetic_data.glob("*/test/*/*.png"))[:5]):
@@ -112,7 +112,7 @@ def test_batches_score_like_single_frames_and_keep_order(model_dir, synthetic_da
     (folder / "2b.png").write_bytes(b"")  # an empty file inside the second batch
     runs = {}
     for batch in ("1", "3"):
-        assert main(["--model", str(model_dir), "--source", str(folder), "--batch-size", batch, "--frames", "5"]) == 0
+        assert main(["--model", str(tiny), "--source", str(folder), "--batch-size", batch, "--frames", "5"]) == 0
         captured = capsys.readouterr()
         runs[batch] = _lines(captured.out)
         assert _summary(captured.err) == (5, 1, 0)  # the frame limit counts the error frame too
@@ -142,22 +142,22 @@ def test_latency_splits_capture_to_verdict_into_its_parts(tiny_detector):
     assert set(summary["parts_p50_ms"]) == set(PARTS)
 
 
-def test_video_file_source_loops(model_dir, tmp_path, capsys):
+def test_video_file_source_loops(tiny, tmp_path, capsys):
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
     for i in range(4):
         writer.write(np.full((64, 96, 3), (40 * i, 90, 160), np.uint8))
     writer.release()
-    assert main(["--model", str(model_dir), "--source", str(clip), "--loop", "--frames", "5"]) == 0
+    assert main(["--model", str(tiny), "--source", str(clip), "--loop", "--frames", "5"]) == 0
     records = _lines(capsys.readouterr().out)
     assert [r["frame"] for r in records] == list(range(5))
     assert all(r["source"] == str(clip) and r["gt_label"] is None for r in records)
     assert records[4]["score"] == pytest.approx(records[0]["score"], rel=1e-3)  # the replay scores alike
 
 
-def test_missing_source_is_a_clear_error(model_dir, tmp_path, capsys):
+def test_missing_source_is_a_clear_error(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run_cli(main, ["--model", str(model_dir), "--source", str(tmp_path / "nothing.mp4")])
+        run_cli(main, ["--model", str(tiny), "--source", str(tmp_path / "nothing.mp4")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "nothing.mp4: no such file" in err and "camera index" in err
@@ -172,11 +172,13 @@ def test_missing_model_folder_says_how_to_build_it(tmp_path, monkeypatch, capsys
     assert "models/tiny" in err and "make demo" in err and "python -m export --run RUN" in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_cleanly_without_losing_a_verdict(model_dir, tmp_path, sig):
+def test_signal_stops_cleanly_without_losing_a_verdict(tiny, tmp_path):
+    """The command end to end, stopped by SIGTERM; SIGINT takes the same handler
+    (``test_sigint_and_sigterm_set_the_stop_event_and_a_second_one_aborts``)."""
+    sig = signal.SIGTERM
     out = tmp_path / "out.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.stream", "--model", str(model_dir), "--source", "synthetic", "--jsonl",
+        [sys.executable, "-m", "runtime.stream", "--model", str(tiny), "--source", "synthetic", "--jsonl",
          str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -196,6 +198,18 @@ def test_signal_stops_cleanly_without_losing_a_verdict(model_dir, tmp_path, sig)
     assert "no thresholds" in err  # logs reach standard error
 
 
+def test_sigint_and_sigterm_set_the_stop_event_and_a_second_one_aborts():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        stop = threading.Event()
+        with stop_on_signals(stop) as received:
+            signal.raise_signal(sig)
+            assert stop.is_set() and received == [sig.name]
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(sig)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_stop_event_finishes_the_frame_in_flight(detector):
     stop = threading.Event()
 
@@ -213,28 +227,30 @@ def test_stop_event_finishes_the_frame_in_flight(detector):
 
 
 class FlakyCamera:
-    """Test double for ``cv2.VideoCapture``: connection ``i`` gives ``plan[i]`` small frames, ``delay`` s apart,
-    then fails; later connections cannot be opened."""
+    """Test double for ``cv2.VideoCapture``: connection ``i`` gives ``plan[i]`` small frames, then fails (and sets
+    ``lost[i]``); later connections cannot be opened."""
 
-    def __init__(self, plan: list[int], delay: float = 0.005) -> None:
-        self.plan, self.delay, self.opened = list(plan), delay, 0
+    def __init__(self, plan: list[int]) -> None:
+        self.plan, self.opened = list(plan), 0
+        self.lost = [threading.Event() for _ in plan]
 
     def __call__(self, target):
         left = self.plan[self.opened] if self.opened < len(self.plan) else -1
+        lost = self.lost[self.opened] if self.opened < len(self.plan) else threading.Event()
         self.opened += 1
-        return _Connection(left, self.delay)
+        return _Connection(left, lost)
 
 
 class _Connection:
-    def __init__(self, left: int, delay: float) -> None:
-        self.left, self.delay = left, delay
+    def __init__(self, left: int, lost: threading.Event) -> None:
+        self.left, self.lost = left, lost
 
     def isOpened(self) -> bool:
         return self.left >= 0
 
     def read(self):
-        time.sleep(self.delay)
         if self.left <= 0:
+            self.lost.set()
             return False, None
         self.left -= 1
         return True, np.full((48, 64, 3), 90, np.uint8)
@@ -243,25 +259,38 @@ class _Connection:
         self.left = min(self.left, 0)
 
 
-def test_live_source_drops_stale_frames_reconnects_and_reports_loss(detector, caplog):
+def test_live_source_drops_stale_frames_reconnects_and_reports_loss(tiny_detector, caplog):
     caplog.set_level(logging.INFO, "runtime.stream")
-    source = open_source("0", capture_factory=FlakyCamera([40, 40]), backoff=(0.01, 0.02), max_reconnects=2)
-    records = Records()
-    summary = stream(detector, source, [records])
+    camera = FlakyCamera([40, 40])
+
+    class SlowOutput(Records):
+        """Writing the first record takes until the camera has delivered all 40 frames of its first connection:
+        the pipeline holds a few of them, the latest-frame reader must drop the rest."""
+
+        def write(self, record: dict) -> None:
+            if not self:
+                assert camera.lost[0].wait(60), "the camera's first connection never ended"
+            self.append(record)
+
+    source = open_source("0", capture_factory=camera, backoff=(0.01, 0.02), max_reconnects=2)
+    records = SlowOutput()
+    summary = stream(tiny_detector, source, [records], batch=2)
     assert summary["stop_reason"].startswith("source lost") and summary["errors"] == 0
     assert summary["frames"] == len(records) >= 1
-    assert summary["dropped"] > 0 and summary["frames"] + summary["dropped"] == 80  # every frame accounted for
+    # while the first output waits, the writer, the scored queue, the backend's slot, the prepared queue and the
+    # reader hold at most a batch of 2 each: of the first connection's 40 frames, 30 or more are dropped
+    assert summary["dropped"] >= 30 and summary["frames"] + summary["dropped"] == 80  # every frame counted
     assert "reconnecting in" in caplog.text and "reconnected after 1 attempt" in caplog.text
     assert "gave up after 2 reconnect attempt(s)" in caplog.text
 
 
-def test_calibrated_model_labels_frames(model_dir, detector, tmp_path, capsys):
+def test_calibrated_model_labels_frames(tiny, tiny_detector, tmp_path, capsys):
     frames = list(itertools.islice(open_source("synthetic", seed=5, defect_rate=0.5), 4))
-    predictions = detector.predict([f.image for f in frames])
+    predictions = tiny_detector.predict([f.image for f in frames])
     scores = np.array([p.score for p in predictions])
     maps = np.stack([p.raw_map for p in predictions])
     calibrated = tmp_path / "calibrated"
-    shutil.copytree(model_dir, calibrated)
+    shutil.copytree(tiny, calibrated)
     thresholds = Thresholds(image=float(np.median(scores)), pixel=float(np.median(maps)),
                             image_min=float(scores.min()), image_max=float(scores.max()),
                             pixel_min=float(maps.min()), pixel_max=float(maps.max()), method="test")

@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -22,17 +23,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
 
 @pytest.fixture(scope="module")
 def sweep(model_dir, tiny_run, synthetic_data, tmp_path_factory):
+    """The grid on 3 test images (one class, MVTec layout: 1 normal, 2 defects), so that the reference's 10 steps
+    from t = 999 stay cheap."""
     out = tmp_path_factory.mktemp("sweep")
+    one_class = tmp_path_factory.mktemp("one-class")
+    shutil.copytree(synthetic_data / "fabric", one_class / "fabric")
     assert main([
-        "--model", str(model_dir), "--data", str(synthetic_data), "--run", str(tiny_run), "--out", str(out),
+        "--model", str(model_dir), "--data", str(one_class), "--run", str(tiny_run), "--out", str(out),
         "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32", "--start-t", "399",
-        "--steps", "2,1", "--batch-sizes", "1,2", "--limit", "2", "--latency-batches", "1",
+        "--steps", "2,1", "--batch-sizes", "1,2", "--limit", "3", "--latency-batches", "1",
     ]) == 0
     return out, json.loads((out / "sweep.json").read_text())
 
 
 def test_grid_rows_baselines_and_files(sweep):
     out, result = sweep
+    assert result["info"]["images"] == 3
     rows = result["rows"]
     diad = [(r["backend"], r["steps"], r["batch"]) for r in rows if r["method"] == "diad"]
     assert sorted(diad) == sorted((b, s, n) for b in ("torch", "onnxruntime") for s in (2, 1) for n in (1, 2))

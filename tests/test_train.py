@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.cli import run_cli
 from training.finetune_autoencoder import main as finetune_main
+from training.loop import training_data
 from training.run_folder import RunFolder, load_state
 from training.synthetic import generate
 from training.train import main as train_main
@@ -52,12 +54,10 @@ def test_two_stages_then_resume(dataset, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in vae_keys)  # the VAE is frozen
 
 
-def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "training.train", *_args(dataset, tmp_path / "none", "--max-steps", "1", "--resume")],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )
-    assert out.returncode == 2 and "nothing to resume" in out.stderr and "Traceback" not in out.stderr
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(train_main, _args(dataset, tmp_path / "none", "--max-steps", "1", "--resume"))
+    assert exit_.value.code == 2 and "nothing to resume" in capsys.readouterr().err
 
 
 def test_autoencoder_training_feeds_the_run(dataset, tmp_path):
@@ -70,13 +70,34 @@ def test_autoencoder_training_feeds_the_run(dataset, tmp_path):
     assert all(torch.equal(v, after[k]) for k, v in vae_before.items())  # training started from the trained VAE
 
 
+def test_ddp_ranks_train_on_disjoint_shares_and_validate_alike(dataset):
+    """The data side of a DDP run, in one process: each epoch the two ranks' training images are disjoint and
+    together the whole training set; both validate on the same held-out images."""
+    shares = [training_data(str(dataset), "fabric", 64, 0.25, 1, 0, rank, 2) for rank in (0, 1)]
+    assert len(shares[0].train_set) == 4  # 5 fabric training images, one held out
+    for epoch in (0, 1):
+        orders = []
+        for share in shares:
+            share.sampler.set_epoch(epoch)
+            orders.append(list(share.sampler))
+        assert sorted(orders[0] + orders[1]) == [0, 1, 2, 3] and len(orders[0]) == 2
+    held_out = [[image for image in share.val_loader] for share in shares]
+    assert len(held_out[0]) == 1 and torch.equal(held_out[0][0], held_out[1][0])
+
+
+@pytest.mark.slow
 def test_ddp_replicas_stay_identical(dataset, tmp_path):
+    """Two replicas under torchrun (three interpreters: about a minute of CPU) hold the same weights after
+    training. The fast suite covers the data side of DDP in one process
+    (``test_ddp_ranks_train_on_disjoint_shares_and_validate_alike``) and single-process training, stages and
+    resume; the gradient all-reduce across replicas only here. ``--standalone`` puts the rendezvous on a free
+    port (a fixed one collides with any other job on the machine)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "tests" / "helpers" / "ddp_train.py"),
          *_args(dataset, tmp_path / "ddp", "--max-steps", "3", "--unet-fraction", "0.3", "--batch-size", "1",
-                "--device", "cpu")],
+                "--device", "cpu", "--classes", "fabric")],
         cwd=ROOT, capture_output=True, text=True, env=env, check=False, timeout=600,
     )
     line = [x for x in out.stdout.splitlines() if x.startswith("REPLICAS")]
@@ -140,7 +161,8 @@ def test_generated_data_trains_the_unet_stage(tmp_path):
 @pytest.mark.parametrize("trainer", ["autoencoder", "diad"])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trainer):
     """N steps, then --resume for N more, end with the same weights as 2N steps in one go: the checkpoint holds
-    the optimiser, the random generators and the data position."""
+    the optimiser, the random generators and the data position. DiAD on one class (4 training images, 1 held
+    out): the resumed half starts a new epoch."""
     if trainer == "autoencoder":
         def run_for(out, steps, *extra):
             finetune_main(["--data", str(dataset), "--out", str(out), "--init", "scratch", "--max-steps", str(steps),
@@ -149,15 +171,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trai
     else:
         def run_for(out, steps, *extra):
             train_main(_args(dataset, out, "--init", "scratch", "--max-steps", str(steps), "--unet-fraction", "0",
-                             "--schedule", "constant", *extra))
+                             "--schedule", "constant", "--classes", "fabric", *extra))
         prefix = "sg."
-    run_for(tmp_path / "straight", 6)
-    run_for(tmp_path / "resumed", 3)
-    run_for(tmp_path / "resumed", 6, "--resume")
+    run_for(tmp_path / "straight", 4)
+    run_for(tmp_path / "resumed", 2)
+    run_for(tmp_path / "resumed", 4, "--resume")
     straight = load_state(tmp_path / "straight" / "model.safetensors").model
     resumed = load_state(tmp_path / "resumed" / "model.safetensors").model
     trained = [k for k in straight if k.startswith(prefix)]
     assert trained and all(torch.equal(straight[k], resumed[k]) for k in trained)
     start = load_state(tmp_path / "resumed" / "checkpoints" / (
         "vae_last.safetensors" if trainer == "autoencoder" else "last.safetensors")).meta
-    assert start["step"] == 6 and start["position"] == 6
+    assert start["step"] == 4 and start["position"] == 4
