@@ -70,9 +70,10 @@ def physical_cores() -> int:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """ONNX Runtime session options. The defaults are those measured best on ``sd15``'s fused step on a 2-core
-    CPU (``python -m benchmarks.ort_settings``, README): the full graph optimisation, one intra-op thread per
-    physical core, ONNX Runtime's memory arena and memory patterns.
+    """ONNX Runtime session options. Defaults: the full graph optimisation, one intra-op thread per physical core,
+    spinning, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
+    (``python -m benchmarks.ort_settings``, README) one thread made the step 71 % slower; no other setting moved
+    it beyond the run-to-run noise (14 %).
 
     ``optimized_cache`` saves each graph as ONNX Runtime optimised it (:data:`OPTIMIZED_CACHE` in the model
     folder or the user cache, keyed by the graph's hash, the ONNX Runtime version, the level and the CPU) and
