@@ -70,8 +70,11 @@ class ReferenceBackend:
         noise = torch.randn(latent.shape, generator=self.generator).to(self.device)
         x = q_sample(latent, noise, plan.start_alpha)
         lap("encode")
+        step_seconds = []
         for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
             x = DiAD.ddim_step(x, self._eps(x, int(t), image), float(a), float(p))
+            self._sync()
+            step_seconds.append(time.perf_counter() - clock - sum(step_seconds))
         lap("steps")
         recon = self.model.vae.decode(x)
         self.model.vae.decode(latent)  # log["reconstruction"]: decoded for display only
@@ -79,7 +82,8 @@ class ReferenceBackend:
         amap, score = self.scorer(image, recon)
         lap("score")
         return BackendOutput(
-            amap.cpu().numpy(), score.cpu().numpy(), recon.cpu().numpy() if keep_reconstruction else None, seconds
+            amap.cpu().numpy(), score.cpu().numpy(), recon.cpu().numpy() if keep_reconstruction else None, seconds,
+            step_seconds,
         )
 
     def close(self) -> None:

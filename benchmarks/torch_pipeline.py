@@ -2,10 +2,10 @@
 
 ``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise, hint once, DDIM without
 guidance, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
-graph (``cuda_graph=True``). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast
-FP16 kernels and the sweep skips it). The loop takes each step's timestep and alphas as device tensors made once
-per plan: a tensor made from a Python number inside the captured loop would be a host-to-device copy, which CUDA
-graph capture rejects.
+graph (``cuda_graph=True``; otherwise each step is synchronised and timed on its own). ``precision`` "fp16"
+casts the model (CUDA only; on the CPU PyTorch has no fast FP16 kernels and the sweep skips it). The loop takes
+each step's timestep and alphas as device tensors made once per plan: a tensor made from a Python number inside
+the captured loop would be a host-to-device copy, which CUDA graph capture rejects.
 """
 from __future__ import annotations
 
@@ -65,9 +65,17 @@ class TorchBackend:
             ]
         return self._steps[key]
 
-    def _loop(self, x: torch.Tensor, hint: torch.Tensor, steps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    def _loop(
+        self, x: torch.Tensor, hint: torch.Tensor, steps: list[tuple[torch.Tensor, ...]],
+        step_seconds: list[float] | None = None,
+    ) -> torch.Tensor:
+        """The DDIM loop; given ``step_seconds``, each step is synchronised and its wall seconds appended."""
         for t, a, p in steps:
+            start = time.perf_counter()
             x = DiAD.ddim_step(x, self.model.denoise(x, t, hint), a, p)
+            if step_seconds is not None:
+                self._sync()
+                step_seconds.append(time.perf_counter() - start)
         return x
 
     def _graph_loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
@@ -104,15 +112,17 @@ class TorchBackend:
             return q_sample(latent, noise_t.expand_as(latent), plan.start_alpha), self.model.sg.encode_hint(image)
 
         noised, hint = self._timed(seconds, "encode", encode)
+        step_seconds: list[float] = []
         if self.cuda_graph:
             sample = self._timed(seconds, "steps", lambda: self._graph_loop(noised, hint, plan))
         else:
-            sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, self._step_tensors(plan)))
+            steps = self._step_tensors(plan)
+            sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, steps, step_seconds))
         recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
         amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
         return BackendOutput(
             amap.float().cpu().numpy(), score.float().cpu().numpy(),
-            recon.float().cpu().numpy() if keep_reconstruction else None, seconds,
+            recon.float().cpu().numpy() if keep_reconstruction else None, seconds, step_seconds,
         )
 
     @torch.inference_mode()

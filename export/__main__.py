@@ -5,12 +5,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.model_folder import check_options, check_out, export_plan, write_model_folder
+from export.model_folder import EXPORT_PRECISIONS, check_options, check_out, export_plan, write_model_folder
 from export.onnx import DEFAULT_OPSET
 from export.parity import check_parity, format_parity, parity
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError
-from runtime.manifest import PRECISIONS
 from training.models.scorer import seeded_scorer
 from training.run_folder import RunFolder
 
@@ -20,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, help="training run folder (config.json + model.safetensors)")
     parser.add_argument("--out", required=True,
                         help="model folder to write: a new path, an empty folder or a model folder (replaced)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
+    parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                        help="graph precision (default fp32; INT8: python -m export.quantize on the FP32 folder)")
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the runtime may use (default 8)")
     parser.add_argument("--steps", type=int, help="DDIM steps recorded as default (default: the run's config)")
     parser.add_argument("--start-t", type=int, help="start timestep recorded as default (default: the run's)")

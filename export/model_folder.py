@@ -19,7 +19,6 @@ from runtime.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
-    PRECISIONS,
     Manifest,
     expected_tensors,
     file_entry,
@@ -30,6 +29,7 @@ from training.models.diad import DiAD
 from training.models.presets import ModelConfig
 from training.models.scorer import FeatureScorer
 
+EXPORT_PRECISIONS = ("fp32", "fp16")  # int8 folders are made from FP32 ones: export.quantize
 LIBRARIES = ("diad-edge", "torch", "diffusers", "timm", "onnx", "onnxruntime")
 
 
@@ -56,8 +56,8 @@ def library_versions() -> dict[str, str]:
 
 def check_options(precision: str, max_batch: int, opset: int) -> None:
     """Reject export options that cannot give a working model folder (``ValueError`` naming the option)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {EXPORT_PRECISIONS} (int8: export.quantize)")
     if max_batch < 1:
         raise ValueError(f"max_batch {max_batch}: expected at least 1")
     if opset < 17:

@@ -26,12 +26,25 @@ import numpy as np
 
 from runtime.errors import ModelFolderError
 from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
-from runtime.schema import SchemaError, anything, array, either, integer, mapping, nullable, number, obj, shown, string
+from runtime.schema import (
+    SchemaError,
+    anything,
+    array,
+    boolean,
+    either,
+    integer,
+    mapping,
+    nullable,
+    number,
+    obj,
+    shown,
+    string,
+)
 
 MANIFEST = "manifest.json"
 FORMAT = "diad-edge-model"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamic quantisation of an FP32 folder (export.quantize)
 BATCH_AXIS = "B"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_BATCH = 1024
@@ -407,6 +420,12 @@ _THRESHOLDS = obj({}, {
     "method": nullable(string(max_length=64)),
     "details": mapping(anything),
 })
+_QUANTIZATION = obj(
+    {"method": string(max_length=256), "components": array(string(COMPONENTS), 1, len(COMPONENTS)),
+     "op_types": array(string(max_length=64), 1, 64)},
+    {"weights": string(max_length=64), "activations": string(max_length=64), "per_channel": boolean,
+     "reduce_range": boolean, "parity": mapping(number())},
+)
 SCHEMA = obj(
     {
         "format": string([FORMAT]),
@@ -441,6 +460,7 @@ SCHEMA = obj(
         "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENTS}),
         "thresholds": _THRESHOLDS,
         "versions": mapping(string(max_length=256), max_length=256),
+        "quantization": _QUANTIZATION,
     },
 )
 """The manifest's schema: types, ranges, required keys; an unknown key is an error that names it."""

@@ -43,6 +43,12 @@ def integer(lo: int, hi: int) -> Check:
     return check
 
 
+def boolean(value: Any, where: str) -> None:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise _fail(where, "true or false", value)
+
+
 def number(lo: float = -math.inf, hi: float = math.inf) -> Check:
     """A finite number in ``[lo, hi]``."""
 

@@ -77,7 +77,7 @@ BAD_VALUES = {
     "seed negative": (_set("noise", "seed", -1), r"noise.seed: expected an integer"),
     "seed missing": (_delete("noise", "seed"), r"noise: missing key\(s\) \['seed'\]"),
     "image_size missing": (_delete("image_size"), r"missing key\(s\) \['image_size'\]"),
-    "precision": (_set("precision", "int8"), r"precision: expected one of \['fp32', 'fp16'\]"),
+    "precision": (_set("precision", "int4"), r"precision: expected one of \['fp32', 'fp16', 'int8'\]"),
     "alpha NaN": (_set("schedule", "alphas", 0, float("nan")), r"schedule.alphas\[0\]: expected a finite number"),
     "tensor shapes disagree": (_set("image_size", 16), r"components.vae_encoder.inputs: expected"),
     "schedule not the runtime's": (_set("schedule", "start_t", 398), "DDIM timesteps/alphas differ"),

@@ -1,20 +1,32 @@
 """The ONNX Runtime backend's execution providers and their options per device kind (issue 12.5: the TensorRT
 provider got only a device id, so it rebuilt its engines at every start and for every new batch size, and allowed
-FP16 kernels in FP32 folders), on the tiny real model folder of ``helpers.model_folder``.
+FP16 kernels in FP32 folders) and its CPU session settings (issue 12: optimisation level, threads, arena, the
+cache of optimised graphs), on the tiny real model folder of ``helpers.model_folder``.
 
 ONNX Runtime here has the CPU provider only: a stand-in module records the providers each session is asked for
 and opens it on the CPU."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import pytest
 from helpers.model_folder import MAX_BATCH, S, make_folder
 
-from runtime.backends.onnxruntime import ENGINE_CACHE, OnnxRuntimeBackend
+from runtime.backends.base import BackendOutput
+from runtime.backends.onnxruntime import (
+    ENGINE_CACHE,
+    OPTIMIZED_CACHE,
+    OnnxRuntimeBackend,
+    SessionSettings,
+    physical_cores,
+)
+from runtime.manifest import COMPONENTS
+from runtime.schedule import fixed_noise
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -31,6 +43,7 @@ def asked(monkeypatch) -> dict[str, list]:
     ort = types.ModuleType("onnxruntime")
     ort.get_available_providers = lambda: ALL
     ort.SessionOptions, ort.OrtValue, ort.InferenceSession = onnxruntime.SessionOptions, onnxruntime.OrtValue, session
+    ort.GraphOptimizationLevel, ort.__version__ = onnxruntime.GraphOptimizationLevel, onnxruntime.__version__
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
     return asked_for
 
@@ -81,3 +94,58 @@ def test_engine_cache_goes_to_the_user_cache_when_the_folder_cannot_hold_it(aske
     OnnxRuntimeBackend(folder, "cuda", provider="tensorrt").close()
     path = _options(asked, "scorer")[1]["TensorrtExecutionProvider"]["trt_engine_cache_path"]
     assert path.startswith(str(tmp_path / "cache" / "diad-edge" / "ort-trt")) and Path(path).is_dir()
+
+
+def _scores(backend: OnnxRuntimeBackend) -> BackendOutput:
+    manifest = backend.manifest
+    images = np.random.default_rng(0).standard_normal((2, 3, S, S), np.float32)
+    try:
+        return backend.run(images, manifest.plan(), fixed_noise(manifest.latent_shape, 0))
+    finally:
+        backend.close()
+
+
+def test_session_settings_reach_onnx_runtime_and_keep_the_results(tmp_path):
+    folder = make_folder(tmp_path / "model", "fp32")
+    settings = SessionSettings(optimization="basic", threads=1, spinning=False, memory_arena=False,
+                               memory_pattern=False)
+    options = settings.options(onnxruntime)
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert (options.intra_op_num_threads, options.enable_cpu_mem_arena, options.enable_mem_pattern) == (1, False, False)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert SessionSettings().options(onnxruntime).intra_op_num_threads == physical_cores() <= os.cpu_count()
+    default = _scores(OnnxRuntimeBackend(folder))
+    other = _scores(OnnxRuntimeBackend(folder, settings=settings))
+    np.testing.assert_allclose(other.score, default.score, rtol=1e-6)
+    np.testing.assert_allclose(other.anomaly_map, default.anomaly_map, rtol=1e-6, atol=1e-7)
+    assert len(default.step_seconds) == folder.steps and sum(default.step_seconds) == default.seconds["steps"]
+
+
+def test_optimized_cache_is_written_once_and_opened_without_optimising_again(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "model", "fp32")
+    opened: list[tuple[str, object]] = []
+    real = onnxruntime.InferenceSession
+
+    def session(path, options, providers=None):
+        opened.append((Path(path), options.graph_optimization_level))
+        return real(path, options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    settings = SessionSettings(optimized_cache=True)
+    first = _scores(OnnxRuntimeBackend(folder, settings=settings))
+    cache = folder.root / OPTIMIZED_CACHE
+    graphs = sorted(cache.glob("*/graph.onnx"))
+    assert len(graphs) == len(COMPONENTS) and not list(cache.glob("*.partial"))
+    assert {path.parent for path, _ in opened} == {folder.root}
+    opened.clear()
+    second = _scores(OnnxRuntimeBackend(folder, settings=settings))
+    assert sorted(path for path, _ in opened) == graphs
+    assert {level for _, level in opened} == {onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    np.testing.assert_allclose(second.score, first.score, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"optimization": "max"}, "graph optimisation 'max'"),
+                                             ({"threads": 0}, "threads 0")])
+def test_invalid_session_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SessionSettings(**kwargs)

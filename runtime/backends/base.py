@@ -20,16 +20,19 @@ STAGES = ("encode", "steps", "decode", "score")
 @dataclass
 class BackendOutput:
     """Raw results for a batch: maps ``(B, S, S)``, scores ``(B,)``, optional reconstructions ``(B, 3, S, S)``
-    (ImageNet-normalised) and wall seconds per stage for the whole batch (``STAGES``)."""
+    (ImageNet-normalised), wall seconds per stage for the whole batch (``STAGES``) and, where the backend times
+    them one by one, per DDIM step (``step_seconds``, in sampling order; empty where the loop runs as one)."""
 
     anomaly_map: np.ndarray
     score: np.ndarray
     reconstruction: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)
 
     @classmethod
     def concat(cls, parts: list[BackendOutput]) -> BackendOutput:
-        """Batches' outputs joined in order, stage seconds summed."""
+        """Batches' outputs joined in order, stage seconds summed (step seconds step by step where every batch has
+        them for the same number of steps)."""
         if len(parts) == 1:
             return parts[0]
         keep = parts[0].reconstruction is not None
@@ -38,6 +41,8 @@ class BackendOutput:
             np.concatenate([p.score for p in parts]),
             np.concatenate([p.reconstruction for p in parts]) if keep else None,
             {stage: sum(p.seconds.get(stage, 0.0) for p in parts) for stage in STAGES},
+            [sum(s) for s in zip(*(p.step_seconds for p in parts))]
+            if len({len(p.step_seconds) for p in parts}) == 1 else [],
         )
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,14 @@ from runtime.manifest import COMPONENT_IO, COMPONENTS, MANIFEST, Manifest, sched
 from runtime.schedule import DDIMPlan, q_sample
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
+OPTIMIZED_CACHE = "ort_cpu_cache"  # graphs as the CPU provider optimised them (SessionSettings.optimized_cache)
+OPTIMIZATION_LEVELS = {  # SessionSettings.optimization -> onnxruntime.GraphOptimizationLevel
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
 
 PROVIDERS = {  # runtime.devices.PROVIDERS: ONNX Runtime's execution providers, in order of preference
     "cpu": ["CPUExecutionProvider"],
@@ -44,10 +55,61 @@ def _import_ort():
     return onnxruntime
 
 
-def engine_cache(manifest: Manifest) -> Path:
-    """Where the TensorRT provider caches engines: :data:`ENGINE_CACHE` in the model folder, or (read-only folder)
-    ``$XDG_CACHE_HOME/diad-edge/ort-trt/<manifest hash>``; created."""
-    inside = manifest.root / ENGINE_CACHE
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core counted once; Linux topology, else the
+    logical CPUs)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """ONNX Runtime session options. Defaults: the full graph optimisation, one intra-op thread per physical core,
+    spinning, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
+    (``python -m benchmarks.ort_settings``, README) one thread made the step 71 % slower; no other setting moved
+    it beyond the run-to-run noise (14 %).
+
+    ``optimized_cache`` saves each graph as ONNX Runtime optimised it (:data:`OPTIMIZED_CACHE` in the model
+    folder or the user cache, keyed by the graph's hash, the ONNX Runtime version, the level and the CPU) and
+    opens that copy, without optimising again, at later starts.
+    """
+
+    optimization: str = "all"  # a key of OPTIMIZATION_LEVELS
+    threads: int | None = None  # intra-op threads; None: physical_cores()
+    spinning: bool = True  # intra-op threads spin-wait between ops
+    memory_arena: bool = True  # the CPU provider's arena allocator
+    memory_pattern: bool = True  # plan the buffers from the first run's allocations
+    optimized_cache: bool = False
+
+    def __post_init__(self):
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(f"graph optimisation {self.optimization!r}: expected one of {list(OPTIMIZATION_LEVELS)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads {self.threads}: expected at least 1")
+
+    def options(self, ort, optimization: str | None = None):
+        """An ``onnxruntime.SessionOptions`` with these settings (``optimization`` overrides the level)."""
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        level = OPTIMIZATION_LEVELS[optimization or self.optimization]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.intra_op_num_threads = self.threads or physical_cores()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        options.enable_cpu_mem_arena = self.memory_arena
+        options.enable_mem_pattern = self.memory_pattern
+        return options
+
+
+def cache_folder(manifest: Manifest, name: str, kind: str) -> Path:
+    """``name`` in the model folder when it is writable, else ``$XDG_CACHE_HOME/diad-edge/<kind>/<manifest
+    hash>``; created."""
+    inside = manifest.root / name
     try:
         inside.mkdir(exist_ok=True)
         if os.access(inside, os.W_OK):
@@ -55,13 +117,38 @@ def engine_cache(manifest: Manifest) -> Path:
     except OSError:
         pass
     key = hashlib.sha256((manifest.root / MANIFEST).read_bytes()).hexdigest()[:16]
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diad-edge" / "ort-trt" / key
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diad-edge" / kind / key
     try:
         user.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackendError(f"{inside} and {user}: cannot create the TensorRT engine cache ({exc}); make one of them "
+        raise BackendError(f"{inside} and {user}: cannot create the {kind} cache ({exc}); make one of them "
                            "writable or set XDG_CACHE_HOME") from None
     return user
+
+
+def engine_cache(manifest: Manifest) -> Path:
+    """Where the TensorRT provider caches engines: :data:`ENGINE_CACHE` in the model folder, or (read-only folder)
+    ``$XDG_CACHE_HOME/diad-edge/ort-trt/<manifest hash>``; created."""
+    return cache_folder(manifest, ENGINE_CACHE, "ort-trt")
+
+
+def cpu_signature() -> str:
+    """The machine and its instruction-set flags: an optimised graph (NCHWc layouts, prepacked kernels chosen by
+    ISA) is only reused on the same."""
+    flags = ""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
+def optimized_graph(manifest: Manifest, component: str, ort_version: str, optimization: str) -> Path:
+    """Where :attr:`SessionSettings.optimized_cache` keeps ``component``'s optimised graph (a folder per key,
+    ``graph.onnx`` and its external data inside; not created)."""
+    entry = manifest.component(component)
+    key = hashlib.sha256(f"{entry['sha256']} {ort_version} {optimization} {cpu_signature()}".encode()).hexdigest()
+    return cache_folder(manifest, OPTIMIZED_CACHE, "ort-cpu") / f"{component}-{key[:16]}" / "graph.onnx"
 
 
 def profile_shapes(manifest: Manifest, component: str) -> dict[str, str]:
@@ -93,13 +180,62 @@ def session_providers(
     return [(p, options[p]) if p in options else p for p in PROVIDERS[provider]]
 
 
+def _keep_optimized(partial: Path, cached: Path) -> None:
+    """Move the graph ONNX Runtime saved optimised in ``partial`` into place at ``cached``; drop ``partial``."""
+    try:
+        if (partial / cached.name).is_file():
+            partial.rename(cached.parent)
+    except OSError:  # another process cached this graph meanwhile
+        pass
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def open_session(ort, manifest: Manifest, name: str, settings: SessionSettings, providers: list):
+    """An inference session on component ``name``'s graph, whose inputs and outputs must be the manifest's.
+    With :attr:`SessionSettings.optimized_cache` (CPU provider only) it opens the cached optimised graph, or
+    optimises the graph and saves it there (written aside, then renamed into place)."""
+    path, options, partial, cached = manifest.path(name), settings.options(ort), None, None
+    if settings.optimized_cache and providers == PROVIDERS["cpu"]:
+        cached = optimized_graph(manifest, name, ort.__version__, settings.optimization)
+        if cached.is_file():
+            path, options = cached, settings.options(ort, "disable")
+        else:
+            partial = cached.parent.with_name(cached.parent.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            options.optimized_model_filepath = str(partial / cached.name)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             cached.name + ".data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 (ONNX Runtime's exceptions derive from Exception only)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({str(exc)[:300]})") from None
+    if partial is not None:
+        _keep_optimized(partial, cached)
+    entry = manifest.component(name)
+    for kind, found in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        graph = {t.name: t.shape for t in found}
+        if set(graph) != set(entry[kind]) or any(
+            len(graph[t]) != len(dims) or any(isinstance(g, int) and g != d for g, d in zip(graph[t], dims))
+            for t, dims in entry[kind].items()
+        ):
+            raise ModelFolderError(f"{path}: graph {kind} {graph}, the manifest lists {entry[kind]}")
+    return session
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, manifest: Manifest, device: str = "cpu", provider: str | None = None, threads: int | None = None
+        self, manifest: Manifest, device: str = "cpu", provider: str | None = None,
+        settings: SessionSettings | None = None,
     ):
         super().__init__(manifest, device)
+        self.settings = settings or SessionSettings()
         self.provider, self.device_id = onnxruntime_provider(device, provider)
         ort = _import_ort()
         wanted = PROVIDERS[self.provider]
@@ -108,36 +244,15 @@ class OnnxRuntimeBackend(Backend):
                 f"ONNX Runtime has no {wanted[0]} here (available: {ort.get_available_providers()}); "
                 "install onnxruntime-gpu with a matching CUDA (and TensorRT for the TensorRT provider)"
             )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
         cache = engine_cache(manifest) if self.provider == "tensorrt" else None
         self.sessions = {
-            name: self._session(ort, name, options, session_providers(manifest, name, self.provider, self.device_id,
-                                                                      cache))
+            name: open_session(ort, manifest, name, self.settings,
+                               session_providers(manifest, name, self.provider, self.device_id, cache))
             for name in COMPONENTS
         }
         self.memory = "cpu" if self.provider == "cpu" else "cuda"
         self._ort = ort
         self._step_values: dict[tuple, list] = {}
-
-    def _session(self, ort, name: str, options, providers: list):
-        """An inference session on component ``name``'s graph, whose inputs and outputs must be the manifest's."""
-        path = self.manifest.path(name)
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 (ONNX Runtime's exceptions derive from Exception only)
-            raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({str(exc)[:300]})") from None
-        entry = self.manifest.component(name)
-        for kind, found in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-            graph = {t.name: t.shape for t in found}
-            if set(graph) != set(entry[kind]) or any(
-                len(graph[t]) != len(dims) or any(isinstance(g, int) and g != d for g, d in zip(graph[t], dims))
-                for t, dims in entry[kind].items()
-            ):
-                raise ModelFolderError(f"{path}: graph {kind} {graph}, the manifest lists {entry[kind]}")
-        return session
 
     def _on_device(self, array: np.ndarray):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.memory, self.device_id)
@@ -181,18 +296,22 @@ class OnnxRuntimeBackend(Backend):
         x = [self._on_device(q_sample(latent.numpy(), noise, plan.start_alpha)), self._empty(latent_shape)]
         seconds["encode"] = time.perf_counter() - start
 
-        start = time.perf_counter()
+        step_seconds = []
         for k, values in enumerate(self._plan_values(plan, batch)):
+            start = time.perf_counter()
             self._run("denoise_step", [x[k % 2], hint, *values], [x[(k + 1) % 2]])
+            step_seconds.append(time.perf_counter() - start)
         sample = x[len(plan.timesteps) % 2]
-        seconds["steps"] = time.perf_counter() - start
+        seconds["steps"] = sum(step_seconds)
 
         start = time.perf_counter()
         recon = self._empty((batch, 3, size, size))
         self._run("vae_decoder", [sample], [recon])
         seconds["decode"] = time.perf_counter() - start
 
-        return self._score(image, recon, seconds, keep_reconstruction)
+        output = self._score(image, recon, seconds, keep_reconstruction)
+        output.step_seconds = step_seconds
+        return output
 
     def run_vae_only(self, images: np.ndarray) -> BackendOutput:
         """The baseline without diffusion: encode, decode the clean latent, score (stages as in :meth:`run`)."""
