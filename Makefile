@@ -69,8 +69,9 @@ demo: $(RUN)/metrics.md $(MODEL)/.calibrated
 	@mkdir -p runs/stream
 	$(PY) -m runtime.stream --model $(MODEL) --source synthetic $(STREAM_ARGS)
 
+# One pytest worker per CPU (pytest-xdist; at most 4: each holds its own copy of the session fixtures).
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 clean:
 	rm -rf $(VENV) runs data models
