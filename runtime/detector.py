@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,10 +15,11 @@ from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import BACKENDS
 from runtime.errors import BackendError, FrameError, ModelFolderError
 from runtime.limits import Limits
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, Thresholds
 from runtime.preprocess import check_rgb, preprocess
-from runtime.schedule import fixed_noise
+from runtime.schedule import DDIMPlan, fixed_noise
 from runtime.scoring import normalize_to_threshold
+
 
 @dataclass
 class Prediction:
@@ -37,6 +39,31 @@ class Prediction:
     pred_mask: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
     reconstruction: np.ndarray | None = None
+
+
+class FrameScorer(Protocol):
+    """What the stream needs of a model: :class:`Detector` (local) and
+    :class:`~runtime.serving.client.RemoteDetector` (a Triton server) both provide it."""
+
+    slots: int  # batches scored at once; more submitted ones wait their turn
+    pending: int  # batches submitted and not yet collected
+    thresholds: Thresholds
+    summary: dict  # preset, DDIM plan and scorer (:func:`model_summary`)
+
+    def prepare(self, image: np.ndarray, what: str = "image") -> np.ndarray: ...
+
+    def submit(self, batch: np.ndarray) -> None: ...
+
+    def collect(self) -> Any: ...
+
+    def predictions(self, out: Any) -> list[Prediction]: ...
+
+
+def model_summary(manifest: Manifest, plan: DDIMPlan) -> dict:
+    """A model folder's preset, DDIM ``plan`` and scorer (backbone, layers, weights), for summaries."""
+    data = manifest.data
+    return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
+            "scorer": data.get("scorer", {})}
 
 
 def make_backend(manifest: Manifest, backend: str, device: str | None, provider: str | None = None) -> Backend:
@@ -100,6 +127,11 @@ class Detector:
     @property
     def image_size(self) -> int:
         return self.manifest.image_size
+
+    @property
+    def summary(self) -> dict:
+        """The preset, this detector's DDIM plan and the scorer (:func:`model_summary`)."""
+        return model_summary(self.manifest, self.plan)
 
     def prepare(self, image: np.ndarray, what: str = "image") -> np.ndarray:
         """One RGB uint8 frame, checked (:func:`runtime.preprocess.check_rgb`, named ``what`` in errors), to the

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.cli import add_backend_arguments, run_cli
+from runtime.detector import model_summary
 from runtime.errors import ServerError
 from runtime.limits import Limits
 from runtime.manifest import Manifest
@@ -44,7 +45,7 @@ from runtime.serving.environment import (
     server_environment,
 )
 from runtime.serving.repository import ServedModel, manifest_version, write_repository
-from runtime.stream import DEFAULT_MODEL, manifest_summary, require_model_folder
+from runtime.stream import DEFAULT_MODEL, require_model_folder
 
 log = logging.getLogger("runtime.serve")
 
@@ -138,7 +139,7 @@ def serve(args: argparse.Namespace) -> int:
     version, digest = manifest_version(manifest)
     with tempfile.TemporaryDirectory(prefix="diad-serve-") as scratch:
         repository = args.repository or Path(scratch) / "models"
-        write_repository(model, manifest, manifest_summary(manifest, manifest.plan()), repository, python_paths())
+        write_repository(model, manifest, model_summary(manifest, manifest.plan()), repository, python_paths())
         backends = backend_directory(install, Path(scratch))
         command = server_command(install.server, repository, backends, args)
         log.info("starting Triton: %s", " ".join(command))

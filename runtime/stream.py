@@ -47,12 +47,11 @@ import cv2
 import numpy as np
 
 from runtime.cli import add_backend_arguments, run_cli
-from runtime.detector import Detector, Prediction
+from runtime.detector import Detector, FrameScorer, Prediction
 from runtime.errors import DiadError, ModelFolderError, ServerError
 from runtime.limits import Limits
-from runtime.manifest import Manifest
 from runtime.metrics import auroc
-from runtime.schedule import DDIMPlan
+from runtime.serving.client import RemoteDetector
 from runtime.sinks import (
     OTHER_COLOUR,
     PARTS,
@@ -65,7 +64,6 @@ from runtime.sinks import (
     format_summary,
     open_frame_sink,
 )
-from runtime.serving.client import RemoteDetector
 from runtime.sources import Frame, LatestFrameReader, Source, open_source
 from runtime.visualize import label, overlay
 
@@ -260,7 +258,7 @@ class _Batch:
             item.frame.error, item.tensor = error, None
 
 
-def _take(detector: Detector | RemoteDetector, frame: Frame, keep_picture: bool) -> _Item:
+def _take(detector: FrameScorer, frame: Frame, keep_picture: bool) -> _Item:
     """Pre-process ``frame``: whatever goes wrong becomes the frame's error."""
     item = _Item(frame)
     if frame.error is None and frame.image is None:
@@ -305,7 +303,7 @@ class _Pipeline:
     :meth:`close` abandons what is in flight (the writer is gone) and waits for both threads.
     """
 
-    def __init__(self, detector: Detector | RemoteDetector, source: Source, size: int, frames: int | None,
+    def __init__(self, detector: FrameScorer, source: Source, size: int, frames: int | None,
                  stop_event: threading.Event | None, keep_pictures: bool) -> None:
         self.detector, self.source, self.size, self.frames = detector, source, size, frames
         self.stop_event, self.keep_pictures = stop_event, keep_pictures
@@ -549,7 +547,7 @@ def _write_frames(frame_sinks: Sequence[FrameSink], image: np.ndarray) -> bool:
 
 
 def stream(
-    detector: Detector | RemoteDetector,
+    detector: FrameScorer,
     source: Source,
     records: Sequence[RecordSink] = (),
     frame_sinks: Sequence[FrameSink] = (),
@@ -596,23 +594,8 @@ def stream(
     if stopped is None or not stopped.startswith("output failed"):
         stopped = pipeline.failure or stopped
     return {"source": source.name, "stop_reason": stopped or pipeline.reason, **run.stats.summary(),
-            "skipped": source.skipped, "calibrated": detector.thresholds.calibrated, "model": model_summary(detector),
+            "skipped": source.skipped, "calibrated": detector.thresholds.calibrated, "model": detector.summary,
             **run.truth.summary()}
-
-
-def model_summary(detector: Detector | RemoteDetector) -> dict:
-    """What scored the frames: preset, DDIM plan and scorer (backbone, layers, weights), from the manifest (a
-    server's: as it published it)."""
-    if isinstance(detector, RemoteDetector):
-        return detector.summary
-    return manifest_summary(detector.manifest, detector.plan)
-
-
-def manifest_summary(manifest: Manifest, plan: DDIMPlan) -> dict:
-    """A model folder's preset, DDIM ``plan`` and scorer, for summaries."""
-    data = manifest.data
-    return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
-            "scorer": data.get("scorer", {})}
 
 
 def summary_text(summary: dict) -> str:
@@ -703,7 +686,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _open_model(args: argparse.Namespace, limits: Limits) -> Detector | RemoteDetector:
+def _open_model(args: argparse.Namespace, limits: Limits) -> FrameScorer:
     """The local detector of ``--model``, or the ``--server``'s model."""
     if not args.server:
         return open_detector(args.model, args.backend, args.device, args.steps, args.start_t, limits, args.provider)

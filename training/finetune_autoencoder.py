@@ -89,7 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="random square crops of this side (default: recipe; 0: none)")
     p.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default: 1e-6)")
     p.add_argument("--perceptual-weight", type=float, default=None, help="weight of the feature term (default: recipe)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget, resumes included")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget of the training loop (steps, validations, checkpoints), resumes included")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (reference: about 25,000)")
     p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -108,7 +108,8 @@ def training_data(
 
 @dataclass
 class Budget:
-    """Stop after ``minutes`` of training time (resumes included) or ``max_steps`` optimiser steps."""
+    """Stop after ``minutes`` of wall time in the training loop (steps, validations and checkpoints; resumes
+    included, the start-up not) or ``max_steps`` optimiser steps."""
 
     minutes: float | None
     max_steps: int | None
@@ -262,8 +263,8 @@ class TrainingLoop(ABC):
         save_timer = Every(self.checkpoint_minutes)
         progress = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, desc=desc, unit="step")
         optimizer = None
+        tick = time.monotonic()
         while not self.budget.finished(self.elapsed, self.step):
-            tick = time.monotonic()
             spent = self.budget.progress(self.elapsed, self.step)
             optimizer, base_lr = self.optimizer(spent)
             lr = base_lr * lr_factor(self.schedule, self.schedule_progress(spent))
@@ -278,14 +279,18 @@ class TrainingLoop(ABC):
                 self.position += 1
             optimizer.step()
             self.step += 1
-            self.elapsed += slowest(time.monotonic() - tick, self.device)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4g}")
-            row = self.log_row({"step": self.step, "loss": loss_value, "lr": lr, "elapsed_s": round(self.elapsed, 2)})
+            row = self.log_row({"step": self.step, "loss": loss_value, "lr": lr,
+                                "elapsed_s": round(self.elapsed + time.monotonic() - tick, 2)})
             if self.rank == 0:
                 self.run.append_log(self.log_name, row)
                 if save_timer.due():
                     self.save_checkpoint(optimizer)
+            # the budget is wall time: the step, its validation and its checkpoint (rank 0's, for every rank)
+            now = time.monotonic()
+            self.elapsed += slowest(now - tick, self.device)
+            tick = now
         progress.close()
         if self.rank == 0 and optimizer is not None:
             self.save_checkpoint(optimizer)

@@ -101,7 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="images per micro-batch and process (default: recipe)")
     p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimiser step (default: recipe)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default: fp32)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the whole run, resumes included")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget of the training loop (steps, validations, checkpoints), resumes included")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps of the whole run (both stages)")
     p.add_argument(
         "--unet-fraction",
