@@ -32,7 +32,7 @@ from runtime.manifest import COMPONENT_IO, Manifest, schedule_inputs
 VARIANTS = {
     "default": {},
     "threads1": {"threads": 1},
-    "no-spinning": {"spinning": False},
+    "spinning": {"spinning": True},
     "no-arena": {"memory_arena": False},
     "no-mem-pattern": {"memory_pattern": False},
     "layout": {"optimization": "layout"},
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ort_settings", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="model folder; may be repeated")
-    parser.add_argument("--variants", default="default,threads1,no-spinning,no-arena,no-mem-pattern,extended",
+    parser.add_argument("--variants", default="default,threads1,spinning,no-arena,no-mem-pattern,extended",
                         help=f"comma-separated, of {','.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=3, help="timed calls per variant after one warm-up (3)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure this variant, print JSON

@@ -5,7 +5,8 @@
 
 Each camera is a client of its own (a thread with its own gRPC channel, :class:`RemoteDetector`) sending one
 frame per request, as ``python -m runtime.stream --server`` does: the next frame once the last is answered and
-its frame period (``--fps``; 0: none, as fast as the server answers) has passed. For each camera count: total
+its frame period (``--fps``; 0: none, as fast as the server answers) has passed; with ``--fps`` each camera starts
+at a random phase within its period (seeded), as free-running cameras are not in step. For each camera count: total
 throughput (answered frames per second), latency percentiles (request sent to answer) and the batches Triton
 formed meanwhile (the change in its statistics: executions per batch size). The baseline is the local
 :class:`~runtime.detector.Detector` in this process, one frame per call (what one camera process runs) and
@@ -106,9 +107,11 @@ def run_cameras(url: str, model: str, cameras: int, frames: list[np.ndarray], se
     before = batch_counts(url, model)
     barrier = threading.Barrier(cameras + 1)
     period = 1.0 / fps if fps > 0 else 0.0
+    phases = np.random.default_rng(0).uniform(0, period, cameras)  # free-running cameras are not in step
 
     def camera(k: int) -> None:
         barrier.wait()
+        time.sleep(phases[k])
         end = time.perf_counter() + seconds
         n = 0
         while (now := time.perf_counter()) < end:

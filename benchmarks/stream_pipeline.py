@@ -7,8 +7,9 @@ Both modes score the same synthetic conveyor frames (seed 0) with the same :clas
 write a JSON line per frame and an annotated video. ``pipelined`` is :func:`runtime.stream.stream` (capture and
 pre-processing, the model, and the outputs in three threads); ``serial`` takes a batch, pre-processes it, scores
 it and writes it before taking the next (what the stream did before it was pipelined). ``--spinning`` runs each
-with ONNX Runtime's intra-op threads spin-waiting between operators (its default) and without: spinning threads
-hold the cores the reader and the writer need. Each row is the best of ``--repeats`` runs after a warm-up batch.
+with ONNX Runtime's intra-op threads spin-waiting between operators (ONNX Runtime's own default) and without (the
+detector's default): spinning threads hold the cores that the next session, the reader and the writer need. Each
+row is the best of ``--repeats`` runs after a warm-up batch.
 
 Writes ``stream_pipeline.csv`` and ``stream_pipeline.md`` to ``--out``, with the last run's records and video of
 each mode.
@@ -29,7 +30,7 @@ from runtime.cli import run_cli
 from runtime.detector import Detector
 from runtime.sinks import JsonlSink, open_frame_sink
 from runtime.sources import open_source
-from runtime.stream import _picture, _take, error_record, prediction_record, stream
+from runtime.stream import error_record, frame_picture, prediction_record, prepare_frame, stream
 
 FIELDS = ("mode", "batch_size", "spinning", "frames", "seconds", "fps")
 
@@ -40,14 +41,14 @@ def serial(detector: Detector, frames: int, batch_size: int, out: Path) -> int:
     written = 0
     with JsonlSink(str(out / "serial.jsonl")) as records, open_frame_sink(str(out / "serial.mp4"), 10.0) as video:
         while written < frames:
-            items = [_take(detector, next(source), True) for _ in range(min(batch_size, frames - written))]
+            items = [prepare_frame(detector, next(source), True) for _ in range(min(batch_size, frames - written))]
             ready = [item for item in items if item.tensor is not None]
             if ready:
                 detector.submit(np.stack([item.tensor for item in ready]))
                 for item, prediction in zip(ready, detector.predictions(detector.collect()), strict=True):
                     item.prediction = prediction
             for item in items:
-                video.write(_picture(item.frame, item.prediction))
+                video.write(frame_picture(item.frame, item.prediction))
                 records.write(error_record(item.frame) if item.prediction is None
                               else prediction_record(item.frame, item.prediction, {}, {}, "iso"))
             written += len(items)

@@ -18,6 +18,11 @@ Rules (on the model's raw float32 scores and maps; every threshold is a float32 
   (``score >= threshold`` is a defect; the highest threshold among equally good ones), and over the validation
   pixels against the masks resized to the model resolution (:func:`runtime.preprocess.preprocess_mask`).
 
+* Per class (``--per-class``, normal images only): the FPR rule and the normalisation span on each class's own
+  images (the folder above ``train/``, ``test/`` or ``good/`` names the class), and each class's mean descriptor
+  (:mod:`runtime.class_thresholds`); the detector judges a frame by the threshold of the nearest class. The
+  global thresholds are kept beside them.
+
 ``Thresholds.method``: ``"fpr"`` (no validation), ``"f1"`` (both thresholds F1-optimal) or ``"f1-image"`` (image
 threshold F1-optimal, pixel threshold by the FPR rule: validation defects without masks). ``details`` holds both
 rules' values, the false-reject rates of the chosen thresholds on the calibration set and the warnings.
@@ -50,6 +55,7 @@ import numpy as np
 
 from runtime import metrics
 from runtime.backends.base import BackendOutput
+from runtime.class_thresholds import assign, spread
 from runtime.cli import add_backend_arguments, run_cli
 from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
@@ -82,13 +88,15 @@ class LabelledImage:
 
 @dataclass
 class ScoredSet:
-    """Raw outputs of the readable images: scores ``(N,)``, maps ``(N, S, S)``, masks ``(N, S, S)`` 0/1 or None."""
+    """Raw outputs of the readable images: scores ``(N,)``, maps ``(N, S, S)``, masks ``(N, S, S)`` 0/1 or None,
+    class descriptors ``(N, D)`` (:func:`runtime.class_thresholds.describe`)."""
 
     images: list[LabelledImage]
     scores: np.ndarray
     maps: np.ndarray
     masks: np.ndarray | None
     skipped: list[str]
+    descriptors: np.ndarray
 
     @property
     def labels(self) -> np.ndarray:
@@ -271,8 +279,7 @@ def score_images(
     step = batch_size or detector.manifest.max_batch
     kept: list[LabelledImage] = []
     masks: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    maps: list[np.ndarray] = []
+    outputs: list[BackendOutput] = []
     skipped: list[str] = []
     bar = _progress(len(images), desc, progress)
     try:
@@ -290,23 +297,20 @@ def score_images(
                     masks.append(mask)
             if frames:
                 if detector.pending >= detector.slots:
-                    _keep(detector.collect(), scores, maps)
+                    outputs.append(detector.collect())
                 detector.submit(detector.preprocess(frames))
             bar.update(len(images[start : start + step]))
         while detector.pending:
-            _keep(detector.collect(), scores, maps)
+            outputs.append(detector.collect())
     finally:
         bar.close()
     if not kept:
         where = images[0].path.parent if images else "(no files)"
         raise DatasetLayoutError(f"{where}: none of the {len(images)} image files could be read; first: {skipped[0]}")
-    return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None,
-                     skipped)
-
-
-def _keep(out: BackendOutput, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:
-    scores.append(np.asarray(out.score, np.float32))
-    maps.append(np.asarray(out.anomaly_map, np.float32))
+    out = BackendOutput.concat(outputs)
+    return ScoredSet(kept, np.asarray(out.score, np.float32), np.asarray(out.anomaly_map, np.float32),
+                     np.stack(masks) if with_masks else None, skipped,
+                     np.concatenate([o.descriptors for o in outputs]))
 
 
 # -------------------------------------------------------------------------------------------------- calibrate
@@ -344,6 +348,54 @@ def _fpr_stats(values: np.ndarray, rate: float, kind: str, notes: list[str]) -> 
             "rejects": rejects(values, threshold), "resolution": 1 / n}
 
 
+SPLITS = ("train", "test")
+CLASS_LAYOUT = "<class>/train/good/*.png or <class>/test/good/*.png (MVTec, VisA), or <class>/good/*.png"
+
+
+def class_of(path: Path) -> str:
+    """A calibration image's class: the folder above its ``train/`` or ``test/`` folder, else above its ``good/``
+    folder. Raises :class:`DatasetLayoutError` naming the file when its path shows neither."""
+    parents = path.parts[:-1]
+    for names in (SPLITS, (GOOD,)):
+        found = [i for i, part in enumerate(parents) if part in names and i > 0]
+        if found:
+            return parents[found[-1] - 1]
+    raise DatasetLayoutError(f"{path}: no class in the path for per-class thresholds; expected {CLASS_LAYOUT}")
+
+
+def per_class_thresholds(
+    calib: ScoredSet, fpr: float, notes: list[str]
+) -> tuple[list[dict[str, Any]], list[float], dict[str, Any]]:
+    """Each class's image threshold (FPR rule on its normal images), normalisation span and descriptor centre,
+    the descriptors' spread, and per class the counts for ``details``."""
+    names = [class_of(image.path) for image in calib.images]
+    order = sorted(set(names))
+    labels = np.array([order.index(name) for name in names])
+    scale = spread(calib.descriptors, labels)
+    centres = np.stack([calib.descriptors[labels == k].mean(axis=0) for k in range(len(order))])
+    recognised = assign(calib.descriptors, centres, scale) == labels
+    classes, details = [], {}
+    for k, name in enumerate(order):
+        values = calib.scores[labels == k]
+        if values.size < MIN_IMAGES or not values.max() > values.min():
+            raise CalibrationError(
+                f"{calib.images[names.index(name)].path}: class {name!r} has {values.size} readable normal image(s) "
+                f"scoring {values.min():.6g} to {values.max():.6g}; per-class thresholds need at least {MIN_IMAGES} "
+                "per class with differing scores"
+            )
+        rule = _fpr_stats(values, fpr, f"{name} image", notes)
+        classes.append({"name": name, "image": rule["threshold"], "image_min": float(values.min()),
+                        "image_max": float(values.max()), "centre": centres[k].tolist()})
+        details[name] = {**rule, "recognised": int(recognised[labels == k].sum())}
+    if not recognised.all():
+        notes.append(
+            f"{int((~recognised).sum())} of {recognised.size} calibration images lie nearer another class's centre "
+            "than their own: those classes look alike to the class descriptor, so some frames may be judged by "
+            "another class's threshold"
+        )
+    return classes, scale.tolist(), details
+
+
 def _as_images(source: str | Path | Sequence[str | Path]) -> list[LabelledImage]:
     files = list_images(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if not files:
@@ -360,16 +412,21 @@ def calibrate(
     batch_size: int | None = None,
     masks: str | Path | None = None,
     progress: bool = False,
+    per_class: bool = False,
 ) -> Thresholds:
     """Thresholds for ``detector`` (see the module docstring for the rules); nothing is written.
 
     ``good_images``: a folder or glob of normal images, or their paths. ``validation``: a labelled folder (with
     ``masks``, an explicit mask folder) or :class:`LabelledImage` records; then the thresholds are F1-optimal.
+    ``per_class``: also an image threshold per class (:func:`class_of`, :func:`per_class_thresholds`; FPR rule
+    only, so not with ``validation``).
     ``batch_size``: images read and run at once (default the manifest's ``max_batch``). Weak results raise
     :class:`CalibrationWarning` and are listed in ``details["warnings"]``.
     """
     check_rate(fpr)
     check_rate(pixel_fpr)
+    if per_class and validation is not None:
+        raise ValueError("per-class thresholds follow the FPR rule on normal images; give no validation images")
     good = _as_images(good_images)
     notes: list[str] = []
     labelled: list[LabelledImage] = []
@@ -436,6 +493,9 @@ def calibrate(
                 "which leaves no span to normalise pred_score with (it could only be 0 or 1); calibrate with more "
                 "varied normal images"
             )
+    classes, scale = None, None
+    if per_class:
+        classes, scale, details["per_class"] = per_class_thresholds(calib, fpr, notes)
     details["warnings"] = notes
     for note in notes:
         warnings.warn(note, CalibrationWarning, stacklevel=2)
@@ -448,6 +508,8 @@ def calibrate(
         pixel_max=span["pixel"][1],
         method=method,
         details=details,
+        classes=classes,
+        class_scale=scale,
     )
 
 
@@ -482,6 +544,11 @@ def report(thresholds: Thresholds) -> str:
         )
     lines.append(f"normalisation: image [{thresholds.image_min:.6g}, {thresholds.image_max:.6g}], "
                  f"pixel [{thresholds.pixel_min:.6g}, {thresholds.pixel_max:.6g}]")
+    for c in thresholds.classes or []:
+        r = d["per_class"][c["name"]]
+        lines.append(f"  class {c['name']}: image threshold {c['image']:.6g} ({r['rejects']}/{r['values']} at or "
+                     f"above), normalisation [{c['image_min']:.6g}, {c['image_max']:.6g}], {r['recognised']}/"
+                     f"{r['values']} recognised as {c['name']}")
     if "f1_rule" in d:
         f1 = d["f1_rule"]
         lines.append(f"validation: {f1['images']['normal']} normal + {f1['images']['defect']} defect images "
@@ -510,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-fpr", type=float, default=0.001, help="target pixel false-positive rate (0.001)")
     parser.add_argument("--validation", help="labelled folder (good/ and <defect>/ subfolders): F1-optimal thresholds")
     parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also an image threshold per class (the folder above train/, test/ or good/); frames "
+                             "are judged by the nearest class's threshold")
     add_backend_arguments(parser)
     parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's)")
     parser.add_argument("--start-t", type=int, help="start timestep to calibrate for (default: the manifest's)")
@@ -529,12 +599,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch-size must be at least 1")
     if args.masks and not args.validation:
         parser.error("--masks needs --validation")
+    if args.per_class and args.validation:
+        parser.error("--per-class uses the FPR rule on normal images: give it no --validation")
     good = list_images(args.images)  # fail on a missing folder before loading the model
     with Detector(args.model, args.backend, args.device, args.steps, args.start_t, limits=Limits.from_args(args),
                   provider=args.provider) as detector, warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # the report lists them, and standard error
         thresholds = calibrate(detector, good, args.validation, args.fpr, args.pixel_fpr, args.batch_size,
-                               args.masks, progress=True)
+                               args.masks, progress=True, per_class=args.per_class)
         print(report(thresholds))
         for note in thresholds.details["warnings"]:
             print(f"WARNING: {note}", file=sys.stderr)

@@ -5,13 +5,14 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.backends.base import Backend, BackendOutput
+from runtime.class_thresholds import assign, describe
 from runtime.devices import BACKENDS
 from runtime.errors import BackendError, FrameError, ModelFolderError
 from runtime.limits import Limits
@@ -25,8 +26,9 @@ from runtime.scoring import normalize_to_threshold
 class Prediction:
     """One image's result (anomalib's contract plus the raw values).
 
-    ``pred_score`` is the image score normalised so that the calibrated threshold is 0.5; ``anomaly_map`` is
-    normalised likewise with the pixel threshold, ``pred_mask = anomaly_map >= 0.5``. Without calibration
+    ``pred_score`` is the image score normalised so that the calibrated threshold is 0.5 (that of the image's
+    class, ``pred_class``, when the thresholds are per class); ``anomaly_map`` is normalised likewise with the pixel
+    threshold, ``pred_mask = anomaly_map >= 0.5``. Without calibration
     (no thresholds in the manifest) these three and ``pred_label`` are ``None``; ``score`` and ``raw_map``
     (model resolution ``S x S``) are always there. ``seconds``: this image's share of each stage.
     """
@@ -39,6 +41,7 @@ class Prediction:
     pred_mask: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
     reconstruction: np.ndarray | None = None
+    pred_class: str | None = None  # the class whose thresholds judged it (per-class calibration only)
 
 
 class FrameScorer(Protocol):
@@ -112,6 +115,7 @@ class Detector:
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
         self.backend = make_backend(self.manifest, backend, device, provider)
         self._chunks: deque[int] = deque()  # per submitted batch, its chunks
+        self._descriptors: deque[np.ndarray] = deque()  # per submitted batch, its class descriptors
         self._collected: deque[BackendOutput] = deque()  # chunks collected ahead of their batch
         self.thresholds = self.manifest.thresholds
         calibrated_plan = self.thresholds.details.get("plan")
@@ -163,6 +167,7 @@ class Detector:
                 self._collected.append(self.backend.collect())
             self.backend.submit(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
         self._chunks.append(len(chunks))
+        self._descriptors.append(describe(batch))
 
     def collect(self) -> BackendOutput:
         """Raw outputs of the oldest submitted batch (waits for it)."""
@@ -171,7 +176,8 @@ class Detector:
         count = self._chunks.popleft()
         while len(self._collected) < count:
             self._collected.append(self.backend.collect())
-        return BackendOutput.concat([self._collected.popleft() for _ in range(count)])
+        out = BackendOutput.concat([self._collected.popleft() for _ in range(count)])
+        return replace(out, descriptors=self._descriptors.popleft())
 
     def run(self, batch: np.ndarray, keep_reconstruction: bool = False) -> BackendOutput:
         """Raw outputs for pre-processed images (:meth:`submit`, then :meth:`collect`)."""
@@ -208,18 +214,31 @@ class Detector:
         seconds = {"preprocess": preprocess_seconds, **out.seconds}
         share = {k: v / batch for k, v in seconds.items()}
         share["total"] = sum(share.values())
-        return [self._prediction(out, k, share) for k in range(batch)]
+        classes = self.classes_of(out)
+        return [self._prediction(out, k, share, classes[k]) for k in range(batch)]
 
-    def _prediction(self, out: BackendOutput, k: int, seconds: dict[str, float]) -> Prediction:
+    def classes_of(self, out: BackendOutput) -> list[str | None]:
+        """Per image of ``out``, the nearest calibrated class (:mod:`runtime.class_thresholds`); None for every
+        image when the thresholds are not per class."""
+        t = self.thresholds
+        if not t.classes or out.descriptors is None:
+            return [None] * len(out.score)
+        centres = np.array([c["centre"] for c in t.classes], np.float32)
+        nearest = assign(out.descriptors, centres, np.asarray(t.class_scale, np.float32))
+        return [t.classes[int(k)]["name"] for k in nearest]
+
+    def _prediction(self, out: BackendOutput, k: int, seconds: dict[str, float], pred_class: str | None) -> Prediction:
         score, raw = float(out.score[k]), out.anomaly_map[k]
         recon = out.reconstruction[k] if out.reconstruction is not None else None
         t = self.thresholds
         if not t.calibrated:
             return Prediction(score, raw, None, None, None, None, dict(seconds), recon)
-        pred_score = float(normalize_to_threshold(score, t.image, t.image_min, t.image_max))
+        threshold, low, high = t.image_rule(pred_class)
+        pred_score = float(normalize_to_threshold(score, threshold, low, high))
         amap = normalize_to_threshold(raw, t.pixel, t.pixel_min, t.pixel_max)
         # labels and masks compare the raw values (normalisation rounds in float32 near the threshold)
-        return Prediction(score, raw, pred_score, score >= t.image, amap, raw >= t.pixel, dict(seconds), recon)
+        return Prediction(score, raw, pred_score, score >= threshold, amap, raw >= t.pixel, dict(seconds), recon,
+                          pred_class)
 
     def close(self) -> None:
         self.backend.close()

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.class_thresholds import DESCRIPTOR_SIZE
 from runtime.errors import ModelFolderError
 from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
 from runtime.schema import (
@@ -128,10 +129,18 @@ class Thresholds:
     pixel_max: float | None = None
     method: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    classes: list[dict[str, Any]] | None = None  # per class: name, image, image_min, image_max, centre
+    class_scale: list[float] | None = None  # descriptor spread (runtime.class_thresholds.assign)
 
     @property
     def calibrated(self) -> bool:
         return self.image is not None and self.pixel is not None
+
+    def image_rule(self, class_name: str | None = None) -> tuple[float, float, float]:
+        """``(threshold, min, max)`` of the image score for ``class_name`` (None: the one for all classes)."""
+        rule = next((c for c in self.classes or [] if c["name"] == class_name), None) if class_name else None
+        source = rule if rule is not None else self.__dict__
+        return source["image"], source["image_min"], source["image_max"]
 
 
 @dataclass
@@ -393,6 +402,16 @@ def _check_consistency(data: dict[str, Any]) -> None:
                 f"thresholds: {kind}_min {shown(low)} and {kind}_max {shown(high)} give no normalisation span "
                 "(pred_score would be only 0 or 1); recalibrate with python -m runtime.calibrate"
             )
+    classes = thresholds.get("classes") or []
+    if classes and (thresholds.get("image") is None or thresholds.get("class_scale") is None):
+        raise SchemaError("thresholds.classes: per-class thresholds need the global image threshold and class_scale")
+    names = [c["name"] for c in classes]
+    if len(set(names)) < len(names):
+        raise SchemaError(f"thresholds.classes: class names repeat: {shown(names, 200)}")
+    for k, c in enumerate(classes):
+        if not c["image_min"] < c["image_max"]:
+            raise SchemaError(f"thresholds.classes[{k}] ({shown(c['name'])}): image_min {shown(c['image_min'])} and "
+                              f"image_max {shown(c['image_max'])} give no normalisation span; recalibrate")
 
 
 def _file_name(value: Any, where: str) -> None:
@@ -419,6 +438,12 @@ _THRESHOLDS = obj({}, {
     **{name: nullable(number()) for name in ("image", "pixel", "image_min", "image_max", "pixel_min", "pixel_max")},
     "method": nullable(string(max_length=64)),
     "details": mapping(anything),
+    "classes": nullable(array(obj({
+        "name": string(max_length=256),
+        **{name: number() for name in ("image", "image_min", "image_max")},
+        "centre": array(number(), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE),
+    }), 1, 4096)),
+    "class_scale": nullable(array(number(1e-12), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE)),
 })
 _QUANTIZATION = obj(
     {"method": string(max_length=256), "components": array(string(COMPONENTS), 1, len(COMPONENTS)),

@@ -95,7 +95,13 @@ def image_score(maps: np.ndarray) -> np.ndarray:
     return (p @ np.asarray(maps, np.float32) @ p.T).reshape(len(maps), -1).max(axis=1)
 
 
+def threshold_margin(values: np.ndarray | float, threshold: float, vmin: float, vmax: float) -> np.ndarray:
+    """``(x - threshold) / (vmax - vmin)``: how far above its threshold a value lies, in units of the calibration
+    span; comparable across thresholds (classes), unlike the raw values."""
+    span = max(float(vmax) - float(vmin), 1e-12)
+    return (np.asarray(values, np.float32) - threshold) / span
+
+
 def normalize_to_threshold(values: np.ndarray | float, threshold: float, vmin: float, vmax: float) -> np.ndarray:
     """anomalib's normalisation: ``clip((x - threshold) / (vmax - vmin) + 0.5, 0, 1)``; the threshold maps to 0.5."""
-    span = max(float(vmax) - float(vmin), 1e-12)
-    return np.clip((np.asarray(values, np.float32) - threshold) / span + 0.5, 0.0, 1.0)
+    return np.clip(threshold_margin(values, threshold, vmin, vmax) + 0.5, 0.0, 1.0)

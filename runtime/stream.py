@@ -50,7 +50,9 @@ from runtime.cli import add_backend_arguments, run_cli
 from runtime.detector import Detector, FrameScorer, Prediction
 from runtime.errors import DiadError, ModelFolderError, ServerError
 from runtime.limits import Limits
+from runtime.manifest import Thresholds
 from runtime.metrics import auroc
+from runtime.scoring import threshold_margin
 from runtime.serving.client import RemoteDetector
 from runtime.sinks import (
     OTHER_COLOUR,
@@ -140,13 +142,14 @@ def _verdict(prediction: Prediction) -> str | None:
 
 def prediction_record(frame: Frame, prediction: Prediction, latency: dict[str, float], stages: dict[str, float],
                       time_format: str = "iso") -> dict:
-    """A scored frame: raw ``score``, ``pred_score`` / ``label`` (None uncalibrated), its time line ``latency``
-    and its ``stages`` cost (seconds, written in ms)."""
+    """A scored frame: raw ``score``, ``pred_score`` / ``label`` (None uncalibrated), ``pred_class`` (per-class
+    thresholds only), its time line ``latency`` and its ``stages`` cost (seconds, written in ms)."""
     return {
         **_base_record(frame, time_format),
         "score": prediction.score,
         "pred_score": prediction.pred_score,
         "label": _verdict(prediction),
+        **({"pred_class": prediction.pred_class} if prediction.pred_class is not None else {}),
         "latency_ms": {key: value * 1000.0 for key, value in latency.items()},
         "stage_ms": {key: value * 1000.0 for key, value in stages.items()},
     }
@@ -195,8 +198,12 @@ def error_card(frame: Frame) -> np.ndarray:
 
 @dataclass
 class _Truth:
-    """Ground truth seen so far with the raw scores and (calibrated) verdicts, for AUROC and accuracy."""
+    """Ground truth seen so far with the scores and (calibrated) verdicts, for AUROC and accuracy. Calibrated, the
+    AUROC ranks each score's margin over the threshold that judged it (its class's, with per-class thresholds),
+    as the verdicts do; uncalibrated, or through a server (which applies thresholds the client does not know),
+    the raw scores."""
 
+    thresholds: Thresholds
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     correct: list[bool] = field(default_factory=list)
@@ -205,7 +212,10 @@ class _Truth:
         if frame.label is None:
             return
         self.labels.append(int(frame.label))
-        self.scores.append(prediction.score)
+        t = self.thresholds
+        rule = t.image_rule(prediction.pred_class) if t.calibrated else None
+        known = rule is not None and None not in rule  # a server's client knows only that it is calibrated
+        self.scores.append(float(threshold_margin(prediction.score, *rule)) if known else prediction.score)
         if prediction.pred_label is not None:
             self.correct.append(bool(prediction.pred_label) == bool(frame.label))
 
@@ -228,7 +238,7 @@ def _relay_stop(stop_event: threading.Event, source: Source, finished: threading
 
 
 @dataclass
-class _Item:
+class PreparedFrame:
     """A frame taken from the source, pre-processed at once (``tensor``, and ``seconds`` it took) or failed
     (``frame.error``); its pixels are dropped, or kept at display size for the frame sinks. ``prepared``:
     perf_counter() once pre-processed; ``prediction`` once scored."""
@@ -244,12 +254,12 @@ class _Item:
 class _Batch:
     """Frames scored together; ``submitted`` / ``collected``: perf_counter() when handed to the model and back."""
 
-    items: list[_Item]
+    items: list[PreparedFrame]
     submitted: float | None = None
     collected: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # the model's stage seconds for the batch
 
-    def ready(self) -> list[_Item]:
+    def ready(self) -> list[PreparedFrame]:
         return [item for item in self.items if item.tensor is not None]
 
     def refuse(self, error: str) -> None:
@@ -258,9 +268,9 @@ class _Batch:
             item.frame.error, item.tensor = error, None
 
 
-def _take(detector: FrameScorer, frame: Frame, keep_picture: bool) -> _Item:
+def prepare_frame(detector: FrameScorer, frame: Frame, keep_picture: bool) -> PreparedFrame:
     """Pre-process ``frame``: whatever goes wrong becomes the frame's error."""
-    item = _Item(frame)
+    item = PreparedFrame(frame)
     if frame.error is None and frame.image is None:
         frame.error = "the source gave no image"
     if frame.error is None:
@@ -279,7 +289,7 @@ def _take(detector: FrameScorer, frame: Frame, keep_picture: bool) -> _Item:
     return item
 
 
-def _picture(frame: Frame, prediction: Prediction | None) -> np.ndarray:
+def frame_picture(frame: Frame, prediction: Prediction | None) -> np.ndarray:
     """The annotated frame, or an error card for an error frame or a frame that cannot be annotated."""
     if prediction is None:
         return error_card(frame)
@@ -326,7 +336,7 @@ class _Pipeline:
 
     def _read(self) -> None:
         frames_in: Iterator[Frame] = self.live if self.live is not None else self.source
-        batch: list[_Item] = []
+        batch: list[PreparedFrame] = []
         try:
             while True:
                 if self.frames is not None and self.taken >= self.frames:
@@ -348,7 +358,7 @@ class _Pipeline:
                     self.reason = f"source lost: {exc}"
                     break
                 self.taken += 1
-                batch.append(_take(self.detector, frame, self.keep_pictures))
+                batch.append(prepare_frame(self.detector, frame, self.keep_pictures))
                 if len(batch) == self.size:
                     if not self._put(self.prepared, _Batch(batch)):
                         return
@@ -490,9 +500,10 @@ class _Pipeline:
 class _Run:
     """One stream's outputs and counts: a record per frame of each scored batch, and its picture."""
 
-    def __init__(self, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink], time_format: str) -> None:
+    def __init__(self, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink], time_format: str,
+                 thresholds: Thresholds) -> None:
         self.records, self.frame_sinks, self.time_format = records, frame_sinks, time_format
-        self.stats, self.truth = LatencyStats(), _Truth()
+        self.stats, self.truth = LatencyStats(), _Truth(thresholds)
 
     def write(self, batch: _Batch) -> str | None:
         """Write a record (and a picture) per frame of ``batch``, in order. Returns why the stream must stop:
@@ -504,7 +515,7 @@ class _Run:
             frame, prediction = item.frame, item.prediction
             try:
                 if self.frame_sinks:
-                    quit_ = _write_frames(self.frame_sinks, _picture(frame, prediction)) or quit_
+                    quit_ = _write_frames(self.frame_sinks, frame_picture(frame, prediction)) or quit_
                 if prediction is None:
                     record, latency = error_record(frame, self.time_format), None
                 else:
@@ -527,7 +538,7 @@ class _Run:
         return "viewer quit" if quit_ else None
 
 
-def _latency(item: _Item, batch: _Batch, now: float) -> dict[str, float]:
+def _latency(item: PreparedFrame, batch: _Batch, now: float) -> dict[str, float]:
     """A scored frame's time line in seconds: ``capture_to_verdict`` and its :data:`PARTS`, which sum to it."""
     return {
         "capture_to_verdict": now - item.frame.clock,
@@ -573,7 +584,7 @@ def stream(
     frames replaced by newer ones or left unread at the end) plus ``source``, ``stop_reason``, ``skipped`` (live
     frames discarded by ``max_fps``), ``calibrated``, ``labelled``, ``image_auroc`` and ``accuracy``.
     """
-    run = _Run(records, frame_sinks, time_format)
+    run = _Run(records, frame_sinks, time_format, detector.thresholds)
     finished = threading.Event()
     if stop_event is not None:
         threading.Thread(target=_relay_stop, args=(stop_event, source, finished), daemon=True).start()

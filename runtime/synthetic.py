@@ -280,18 +280,25 @@ def _scratch(rng: np.random.Generator, scene: _Scene) -> tuple[np.ndarray, np.nd
     return alpha, target
 
 
+def _blobs(
+    rng: np.random.Generator, size: int, centre: np.ndarray, reach: float, spread: float, sigma: tuple[float, float]
+) -> np.ndarray:
+    """A soft field in [0, 1]: the maximum of 2-4 Gaussian blobs (widths ``sigma`` x ``reach``) around ``centre``."""
+    x, y = _grid(size)
+    field = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(2, 5))):
+        cx, cy = (centre + rng.uniform(-spread, spread, 2) * reach).tolist()
+        width = rng.uniform(*sigma) * reach
+        field = np.maximum(field, np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width**2)))
+    return field
+
+
 def _stain(rng: np.random.Generator, scene: _Scene) -> tuple[np.ndarray, np.ndarray]:
     """A soft-edged blob that darkens and tints the product."""
     size = scene.support.shape[0]
     k = size / 256
-    x, y = _grid(size)
     centre = _point_on(rng, _inside(scene, 25 * k))
-    reach = rng.uniform(9, 20) * k
-    field = np.zeros((size, size), np.float32)
-    for _ in range(int(rng.integers(2, 5))):
-        cx, cy = (centre + rng.uniform(-0.6, 0.6, 2) * reach).tolist()
-        sigma = rng.uniform(0.45, 0.8) * reach
-        field = np.maximum(field, np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)))
+    field = _blobs(rng, size, centre, rng.uniform(9, 20) * k, 0.6, (0.45, 0.8))
     alpha = rng.uniform(0.65, 0.9) * np.clip(1.4 * field, 0, 1) * scene.support
     darkening = rng.uniform(0.35, 0.6)
     return alpha, _tinted(scene.image, [darkening * c for c in _jitter(rng, (1.0, 0.80, 0.55), 0.1)])

@@ -190,9 +190,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trai
 class _SlowValidation(TrainingLoop):
     """One weight; each step is instant on the test's clock, each validation (log row) takes 10 s."""
 
-    def __init__(self, run: RunFolder, clock: list[float], minutes: float):
+    def __init__(self, run: RunFolder, clock: list[float], minutes: float, checkpoint_minutes: float = 60.0):
         data = SimpleNamespace(batches=lambda position: iter(lambda: torch.ones(1), None))
-        super().__init__(run, data, Budget(minutes, 100), 1, "constant", 60.0, torch.device("cpu"))
+        super().__init__(run, data, Budget(minutes, 100), 1, "constant", checkpoint_minutes, torch.device("cpu"))
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.sgd = torch.optim.SGD([self.weight], lr=0.1)
         self.clock = clock
@@ -221,3 +221,14 @@ def test_the_minutes_budget_counts_validation_and_checkpoint_time(tmp_path, monk
     loop = _SlowValidation(RunFolder(tmp_path / "run").create(), clock, minutes=1.0)
     loop.train("test", None)
     assert loop.step == 6 and loop.elapsed == 60.0
+
+
+def test_a_checkpoint_records_the_time_of_its_own_iteration(tmp_path, monkeypatch):
+    """A run resumed from a mid-run checkpoint must not get that iteration's time (step, validation) again."""
+    clock, saved = [0.0], []
+    monkeypatch.setattr(training.loop.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(training.loop, "save_state", lambda path, state: saved.append(dict(state.meta)))
+    loop = _SlowValidation(RunFolder(tmp_path / "run").create(), clock, minutes=1.0, checkpoint_minutes=0.25)
+    loop.train("test", None)
+    assert [(m["step"], m["elapsed"]) for m in saved][:2] == [(2, 20.0), (4, 40.0)]
+    assert (saved[-1]["step"], saved[-1]["elapsed"]) == (6, 60.0)

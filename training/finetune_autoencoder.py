@@ -26,10 +26,18 @@ from typing import Any
 import torch
 
 from runtime.cli import run_cli
-from training.base_model import INITS, default_init, initialise
-from training.loop import GENERIC, Budget, TrainingLoop, random_crops, training_data
+from training.base_model import default_init, initialise
+from training.loop import (
+    Budget,
+    TrainingLoop,
+    add_budget_arguments,
+    parse_budgeted,
+    random_crops,
+    run_parser,
+    training_data,
+)
 from training.models.diad import build_model
-from training.models.presets import PRESETS, SCHEDULES, get_recipe
+from training.models.presets import SCHEDULES, get_recipe
 from training.models.scorer import FeatureScorer
 from training.run_folder import RunFolder
 
@@ -76,12 +84,7 @@ def autoencoder_loss(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--data", required=True, help=f"dataset folder (MVTec-AD, VisA or folder layout), or '{GENERIC}'")
-    p.add_argument("--out", required=True, help="run folder (created if missing)")
-    p.add_argument("--init", choices=INITS, default=None, help="a new run's start (default: base where one ships)")
-    p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
+    p = run_parser(__doc__.split("\n\n")[0], "run folder (created if missing)")
     p.add_argument("--batch-size", type=int, default=None, help="images per micro-batch (default: the recipe's)")
     p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimiser step (default: recipe)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the recipe's)")
@@ -89,17 +92,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="random square crops of this side (default: recipe; 0: none)")
     p.add_argument("--kl-weight", type=float, default=None, help="weight of the KL term (default: 1e-6)")
     p.add_argument("--perceptual-weight", type=float, default=None, help="weight of the feature term (default: recipe)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget of the training loop (steps, validations, checkpoints), resumes included")
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (reference: about 25,000)")
-    p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--resume", action="store_true", help=f"continue from checkpoints/{CHECKPOINT}")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    args = p.parse_args(argv)
-    if args.minutes is None and args.max_steps is None:
-        p.error("give a budget: --minutes and/or --max-steps")
-    return args
+    add_budget_arguments(p, "optimiser steps (reference: about 25,000)", CHECKPOINT)
+    return parse_budgeted(p, argv)
 
 
 class AutoencoderTraining(TrainingLoop):

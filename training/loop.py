@@ -12,11 +12,12 @@ images (``--data generic``, the base model's pretraining), both resumable at any
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,43 @@ from tqdm import tqdm
 from runtime.errors import CheckpointError, DatasetLayoutError
 from runtime.preprocess import preprocess
 from training import generic_images
+from training.base_model import INITS
 from training.data import AnomalyDataset, load_index, split_validation
+from training.models.presets import PRESETS
 from training.run_folder import RunFolder, TrainingState, load_state, save_state
 
 GENERIC = "generic"  # --data value: the endless generated images of training.generic_images (base pretraining)
 RNG_PREFIX = "rng."
+
+
+def run_parser(description: str, out_help: str) -> argparse.ArgumentParser:
+    """The arguments both training commands share first: what to train, on what, where, from which start."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--data", required=True, help=f"dataset folder (MVTec-AD, VisA or folder layout), or '{GENERIC}'")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--init", choices=INITS, default=None, help="a new run's start (default: base where one ships)")
+    p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
+    return p
+
+
+def add_budget_arguments(p: argparse.ArgumentParser, max_steps_help: str, checkpoint: str) -> None:
+    """The arguments both training commands share last: budget, checkpoints, seed, resume and device."""
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget of the training loop (steps, validations, checkpoints), resumes included")
+    p.add_argument("--max-steps", type=int, default=None, help=max_steps_help)
+    p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--resume", action="store_true", help=f"continue from checkpoints/{checkpoint}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+
+
+def parse_budgeted(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a usage error when neither ``--minutes`` nor ``--max-steps`` bounds the run."""
+    args = p.parse_args(argv)
+    if args.minutes is None and args.max_steps is None:
+        p.error("give a budget: --minutes and/or --max-steps")
+    return args
 
 
 class CachedImages(Dataset):
@@ -235,9 +268,10 @@ class TrainingLoop(ABC):
     def checkpoint_path(self):
         return self.run.checkpoints / self.checkpoint_name
 
-    def save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
+    def save_checkpoint(self, optimizer: torch.optim.Optimizer, elapsed: float) -> None:
+        """Weights, optimiser, generators and data position after ``self.step`` steps, ``elapsed`` seconds in."""
         rng = {f"{RNG_PREFIX}{name}": g.get_state() for name, g in self.generators.items()}
-        meta = {**self.meta, "step": self.step, "elapsed": self.elapsed, "position": self.position}
+        meta = {**self.meta, "step": self.step, "elapsed": elapsed, "position": self.position}
         save_state(self.checkpoint_path, TrainingState({**self.weights(), **rng}, optimizer.state_dict(), meta))
 
     def resume(self) -> None:
@@ -285,12 +319,12 @@ class TrainingLoop(ABC):
                                 "elapsed_s": round(self.elapsed + time.monotonic() - tick, 2)})
             if self.rank == 0:
                 self.run.append_log(self.log_name, row)
-                if save_timer.due():
-                    self.save_checkpoint(optimizer)
+                if save_timer.due():  # the budget it records includes this iteration up to the save
+                    self.save_checkpoint(optimizer, self.elapsed + time.monotonic() - tick)
             # the budget is wall time: the step, its validation and its checkpoint (rank 0's, for every rank)
             now = time.monotonic()
             self.elapsed += slowest(now - tick, self.device)
             tick = now
         progress.close()
         if self.rank == 0 and optimizer is not None:
-            self.save_checkpoint(optimizer)
+            self.save_checkpoint(optimizer, self.elapsed)

@@ -27,6 +27,7 @@ from runtime.synthetic import (
     MAX_AREA,
     MIN_AREA,
     VISIBLE,
+    _blobs,
     _disc,
     _grid,
     _inside,
@@ -270,14 +271,8 @@ def _discoloration(rng: np.random.Generator, scene: _Part) -> tuple[np.ndarray, 
     """A soft-edged patch where the product changes hue (and a little brightness) but keeps its texture."""
     size = scene.support.shape[0]
     k = size / 256
-    x, y = _grid(size)
     centre = _point_on(rng, _inside(scene, 25 * k))
-    reach = rng.uniform(8, 15) * k
-    field = np.zeros((size, size), np.float32)
-    for _ in range(int(rng.integers(2, 5))):
-        cx, cy = (centre + rng.uniform(-0.7, 0.7, 2) * reach).tolist()
-        sigma = rng.uniform(0.5, 0.9) * reach
-        field = np.maximum(field, np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)))
+    field = _blobs(rng, size, centre, rng.uniform(8, 15) * k, 0.7, (0.5, 0.9))
     alpha = rng.uniform(0.5, 0.8) * np.clip(1.5 * field, 0, 1) * scene.support
     luminance = scene.image @ _LUMA
     under = alpha > 0.3

@@ -36,10 +36,18 @@ from torch.utils.data import DataLoader
 
 from runtime.cli import run_cli
 from runtime.schedule import NUM_TRAIN_TIMESTEPS
-from training.base_model import INITS, default_init, initialise
-from training.loop import GENERIC, Budget, TrainingLoop, distributed_setup, training_data
+from training.base_model import default_init, initialise
+from training.loop import (
+    Budget,
+    TrainingLoop,
+    add_budget_arguments,
+    distributed_setup,
+    parse_budgeted,
+    run_parser,
+    training_data,
+)
 from training.models.diad import DiAD, build_model
-from training.models.presets import PRESETS, SCHEDULES, TRAINABLE_SETS, get_recipe
+from training.models.presets import SCHEDULES, TRAINABLE_SETS, get_recipe
 from training.run_folder import RunFolder
 
 VALIDATION_TIMESTEPS = (50, 250, 500, 750, 950)
@@ -80,12 +88,7 @@ class Objective(nn.Module):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--data", required=True, help=f"dataset folder (MVTec-AD, VisA or folder layout), or '{GENERIC}'")
-    p.add_argument("--out", required=True, help="run folder; an existing run's config.json and weights are used")
-    p.add_argument("--init", choices=INITS, default=None, help="a new run's start (default: base where one ships)")
-    p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
+    p = run_parser(__doc__.split("\n\n")[0], "run folder; an existing run's config.json and weights are used")
     p.add_argument("--trainable", choices=TRAINABLE_SETS, default=None, help="trainable set (default: preset's)")
     p.add_argument("--injection", choices=("mid+sff", "all"), default=None, help="SG residuals (default: preset's)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the recipe's)")
@@ -101,9 +104,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="images per micro-batch and process (default: recipe)")
     p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimiser step (default: recipe)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision (default: fp32)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget of the training loop (steps, validations, checkpoints), resumes included")
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps of the whole run (both stages)")
     p.add_argument(
         "--unet-fraction",
         type=float,
@@ -112,15 +112,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="normal training images held out (default: 0.1)")
     p.add_argument("--val-every", type=int, default=100, help="optimiser steps between validations (default: 100)")
-    p.add_argument("--checkpoint-minutes", type=float, default=2.0, help="minutes between checkpoints (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.safetensors")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to logs/")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    args = p.parse_args(argv)
-    if args.minutes is None and args.max_steps is None:
-        p.error("give a budget: --minutes and/or --max-steps")
-    return args
+    add_budget_arguments(p, "optimiser steps of the whole run (both stages)", "last.safetensors")
+    return parse_budgeted(p, argv)
 
 
 @torch.no_grad()

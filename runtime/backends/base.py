@@ -21,13 +21,16 @@ STAGES = ("encode", "steps", "decode", "score")
 class BackendOutput:
     """Raw results for a batch: maps ``(B, S, S)``, scores ``(B,)``, optional reconstructions ``(B, 3, S, S)``
     (ImageNet-normalised), wall seconds per stage for the whole batch (``STAGES``) and, where the backend times
-    them one by one, per DDIM step (``step_seconds``, in sampling order; empty where the loop runs as one)."""
+    them one by one, per DDIM step (``step_seconds``, in sampling order; empty where the loop runs as one).
+    ``descriptors`` ``(B, D)``: the images' class descriptors, added by the detector
+    (:func:`runtime.class_thresholds.describe`)."""
 
     anomaly_map: np.ndarray
     score: np.ndarray
     reconstruction: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
+    descriptors: np.ndarray | None = None
 
     @classmethod
     def concat(cls, parts: list[BackendOutput]) -> BackendOutput:

@@ -71,9 +71,11 @@ def physical_cores() -> int:
 @dataclass(frozen=True)
 class SessionSettings:
     """ONNX Runtime session options. Defaults: the full graph optimisation, one intra-op thread per physical core,
-    spinning, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
+    no spin-waiting, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
     (``python -m benchmarks.ort_settings``, README) one thread made the step 71 % slower; no other setting moved
-    it beyond the run-to-run noise (14 %).
+    it beyond the run-to-run noise (14 %). The detector runs four sessions one after another, and the threads of
+    one spin while the next one runs: on the demo's ``tiny`` stream (``python -m benchmarks.stream_pipeline``, same
+    CPU) spinning halved the frames per second at batch 1 (5.1 against 10.8) and cost a third at batch 8.
 
     ``optimized_cache`` saves each graph as ONNX Runtime optimised it (:data:`OPTIMIZED_CACHE` in the model
     folder or the user cache, keyed by the graph's hash, the ONNX Runtime version, the level and the CPU) and
@@ -82,7 +84,7 @@ class SessionSettings:
 
     optimization: str = "all"  # a key of OPTIMIZATION_LEVELS
     threads: int | None = None  # intra-op threads; None: physical_cores()
-    spinning: bool = True  # intra-op threads spin-wait between ops
+    spinning: bool = False  # intra-op threads spin-wait between ops
     memory_arena: bool = True  # the CPU provider's arena allocator
     memory_pattern: bool = True  # plan the buffers from the first run's allocations
     optimized_cache: bool = False
