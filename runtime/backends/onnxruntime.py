@@ -73,9 +73,9 @@ class SessionSettings:
     """ONNX Runtime session options. Defaults: the full graph optimisation, one intra-op thread per physical core,
     no spin-waiting, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
     (``python -m benchmarks.ort_settings``, README) one thread made the step 71 % slower; no other setting moved
-    it beyond the run-to-run noise (14 %). The detector runs four sessions one after another, and the threads of
-    one spin while the next one runs: on the demo's ``tiny`` stream (``python -m benchmarks.stream_pipeline``, same
-    CPU) spinning halved the frames per second at batch 1 (5.1 against 10.8) and cost a third at batch 8.
+    it beyond the run-to-run noise (14 %). The detector runs four sessions one after another (one session's spinning
+    threads likely compete with the next): on the demo's ``tiny`` stream (``python -m benchmarks.stream_pipeline``, same
+    CPU) spinning halved the frames per second at batch 1 (5.1 against 10.8) and cost 24 to 39 % at batch 8.
 
     ``optimized_cache`` saves each graph as ONNX Runtime optimised it (:data:`OPTIMIZED_CACHE` in the model
     folder or the user cache, keyed by the graph's hash, the ONNX Runtime version, the level and the CPU) and
