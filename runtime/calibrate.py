@@ -19,7 +19,7 @@ Rules (on the model's raw float32 scores and maps; every threshold is a float32 
   pixels against the masks resized to the model resolution (:func:`runtime.preprocess.preprocess_mask`).
 
 * Per class (``--per-class``, normal images only): the FPR rule and the normalisation span on each class's own
-  images (the folder above ``train/``, ``test/`` or ``good/`` names the class), and each class's mean descriptor
+  images (:func:`class_of` names the class), and each class's mean descriptor
   (:mod:`runtime.class_thresholds`); the detector judges a frame by the threshold of the nearest class. The
   global thresholds are kept beside them.
 
@@ -348,15 +348,17 @@ def _fpr_stats(values: np.ndarray, rate: float, kind: str, notes: list[str]) -> 
             "rejects": rejects(values, threshold), "resolution": 1 / n}
 
 
-SPLITS = ("train", "test")
-CLASS_LAYOUT = "<class>/train/good/*.png or <class>/test/good/*.png (MVTec, VisA), or <class>/good/*.png"
+CLASS_MARKERS = (("train", "test"), ("Data",), (GOOD,))  # the class is the folder above the first one found
+CLASS_LAYOUT = ("<class>/train/good/*.png or <class>/test/good/*.png (MVTec), <class>/Data/Images/Normal/*.JPG "
+                "(VisA), or <class>/good/*.png")
 
 
 def class_of(path: Path) -> str:
-    """A calibration image's class: the folder above its ``train/`` or ``test/`` folder, else above its ``good/``
-    folder. Raises :class:`DatasetLayoutError` naming the file when its path shows neither."""
+    """A calibration image's class: the folder above its ``train/`` or ``test/`` folder (MVTec), else above its
+    ``Data/`` folder (VisA), else above its ``good/`` folder. Raises :class:`DatasetLayoutError` naming the file when
+    its path shows none of them."""
     parents = path.parts[:-1]
-    for names in (SPLITS, (GOOD,)):
+    for names in CLASS_MARKERS:
         found = [i for i, part in enumerate(parents) if part in names and i > 0]
         if found:
             return parents[found[-1] - 1]
@@ -578,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation", help="labelled folder (good/ and <defect>/ subfolders): F1-optimal thresholds")
     parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
     parser.add_argument("--per-class", action="store_true",
-                        help="also an image threshold per class (the folder above train/, test/ or good/); frames "
+                        help="also an image threshold per class (the folder above train/ or test/, Data/ or good/); frames "
                              "are judged by the nearest class's threshold")
     add_backend_arguments(parser)
     parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's)")
