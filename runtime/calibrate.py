@@ -55,7 +55,7 @@ import numpy as np
 
 from runtime import metrics
 from runtime.backends.base import BackendOutput
-from runtime.class_thresholds import assign, spread
+from runtime.class_thresholds import assign, class_centres, describe, spread
 from runtime.cli import add_backend_arguments, run_cli
 from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
@@ -280,6 +280,7 @@ def score_images(
     kept: list[LabelledImage] = []
     masks: list[np.ndarray] = []
     outputs: list[BackendOutput] = []
+    descriptors: list[np.ndarray] = []
     skipped: list[str] = []
     bar = _progress(len(images), desc, progress)
     try:
@@ -298,7 +299,9 @@ def score_images(
             if frames:
                 if detector.pending >= detector.slots:
                     outputs.append(detector.collect())
-                detector.submit(detector.preprocess(frames))
+                batch = detector.preprocess(frames)
+                descriptors.append(describe(batch))
+                detector.submit(batch)
             bar.update(len(images[start : start + step]))
         while detector.pending:
             outputs.append(detector.collect())
@@ -310,7 +313,7 @@ def score_images(
     out = BackendOutput.concat(outputs)
     return ScoredSet(kept, np.asarray(out.score, np.float32), np.asarray(out.anomaly_map, np.float32),
                      np.stack(masks) if with_masks else None, skipped,
-                     np.concatenate([o.descriptors for o in outputs]))
+                     np.concatenate(descriptors))
 
 
 # -------------------------------------------------------------------------------------------------- calibrate
@@ -374,7 +377,7 @@ def per_class_thresholds(
     order = sorted(set(names))
     labels = np.array([order.index(name) for name in names])
     scale = spread(calib.descriptors, labels)
-    centres = np.stack([calib.descriptors[labels == k].mean(axis=0) for k in range(len(order))])
+    centres = class_centres(calib.descriptors, labels)
     recognised = assign(calib.descriptors, centres, scale) == labels
     classes, details = [], {}
     for k, name in enumerate(order):

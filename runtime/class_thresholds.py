@@ -27,10 +27,16 @@ def describe(batch: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+def class_centres(descriptors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(C, D)``: the mean descriptor of each class ``0 .. C-1`` (``labels``)."""
+    return np.stack([descriptors[labels == k].mean(axis=0) for k in range(int(labels.max()) + 1)])
+
+
 def spread(descriptors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per dimension, the pooled standard deviation of ``descriptors`` within their classes (``labels``), floored
-    at 1e-6 so a dimension constant within every class still counts (as a large distance when it differs)."""
-    centred = descriptors - np.stack([descriptors[labels == label].mean(axis=0) for label in labels])
+    """Per dimension, the pooled standard deviation of ``descriptors`` within their classes (``labels``, ``0 ..
+    C-1``), floored at 1e-6 so a dimension constant within every class still counts (as a large distance when it
+    differs)."""
+    centred = descriptors - class_centres(descriptors, labels)[labels]
     return np.maximum(np.sqrt((centred**2).mean(axis=0)), 1e-6).astype(np.float32)
 
 

@@ -115,7 +115,7 @@ class Detector:
         self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
         self.backend = make_backend(self.manifest, backend, device, provider)
         self._chunks: deque[int] = deque()  # per submitted batch, its chunks
-        self._descriptors: deque[np.ndarray] = deque()  # per submitted batch, its class descriptors
+        self._descriptors: deque[np.ndarray | None] = deque()  # per submitted batch, with per-class thresholds
         self._collected: deque[BackendOutput] = deque()  # chunks collected ahead of their batch
         self.thresholds = self.manifest.thresholds
         calibrated_plan = self.thresholds.details.get("plan")
@@ -167,7 +167,7 @@ class Detector:
                 self._collected.append(self.backend.collect())
             self.backend.submit(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
         self._chunks.append(len(chunks))
-        self._descriptors.append(describe(batch))
+        self._descriptors.append(describe(batch) if self.thresholds.classes else None)
 
     def collect(self) -> BackendOutput:
         """Raw outputs of the oldest submitted batch (waits for it)."""

@@ -22,8 +22,8 @@ class BackendOutput:
     """Raw results for a batch: maps ``(B, S, S)``, scores ``(B,)``, optional reconstructions ``(B, 3, S, S)``
     (ImageNet-normalised), wall seconds per stage for the whole batch (``STAGES``) and, where the backend times
     them one by one, per DDIM step (``step_seconds``, in sampling order; empty where the loop runs as one).
-    ``descriptors`` ``(B, D)``: the images' class descriptors, added by the detector
-    (:func:`runtime.class_thresholds.describe`)."""
+    ``descriptors`` ``(B, D)``: the images' class descriptors, added by the detector when its thresholds are per
+    class (:func:`runtime.class_thresholds.describe`)."""
 
     anomaly_map: np.ndarray
     score: np.ndarray
