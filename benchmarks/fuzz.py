@@ -43,7 +43,7 @@ from runtime.manifest import (
     file_entry,
 )
 from runtime.preprocess import check_rgb, decode_image, preprocess
-from runtime.schedule import ddim_plan, fixed_noise
+from runtime.schedule import ddim_plan
 
 LIMITS = Limits(max_pixels=1 << 20, max_side=4096, max_file_bytes=1 << 20)  # small: many inputs per second
 SIZE = 64  # model resolution of the pre-processing target
@@ -75,8 +75,8 @@ def load_once(folder: Path, text: bytes) -> str:
         return "refused"
     plan = manifest.plan()
     assert len(plan.timesteps) == manifest.steps and 1 <= manifest.max_batch <= 1024
-    noise = fixed_noise(manifest.latent_shape, manifest.noise_seed)
-    assert noise.shape == manifest.latent_shape
+    noise = manifest.noise()
+    assert noise.shape == (manifest.draws, *manifest.latent_shape)
     assert all(manifest.path(name).is_file() for name in COMPONENTS)
     assert isinstance(manifest.thresholds, Thresholds)
     return "loaded"

@@ -44,7 +44,7 @@ from runtime.errors import BackendError, DatasetLayoutError, DiadError
 from runtime.manifest import Manifest
 from runtime.metrics import per_class
 from runtime.preprocess import preprocess, preprocess_mask, read_image, read_mask
-from runtime.schedule import DDIMPlan, ddim_plan, fixed_noise
+from runtime.schedule import DDIMPlan, ddim_plan
 from training.data import load_index
 from training.evaluate import limit_per_class
 
@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif "fp16" in args.precisions and "fp16" not in args.model_for and args.run:
         args.model_for["fp16"] = str(export_fp16(args.run, out / "model-fp16", manifest))
     data = TestSet.load(args.data, manifest.image_size, args.limit)
-    noise = fixed_noise(manifest.latent_shape, manifest.noise_seed)
+    noise = manifest.noise()
 
     info = {
         "model": str(args.model), "data": str(args.data), "images": len(data.images), "warmup": args.warmup,

@@ -1,7 +1,7 @@
 """PyTorch eager inference behind the runtime's backend interface, so the sweep times every backend alike.
 
-``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise, hint once, DDIM without
-guidance, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
+``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise with each draw, hint once,
+DDIM without guidance on every draw at once, mean over draws, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
 graph (``cuda_graph=True``; otherwise each step is synchronised and timed on its own). ``precision`` "fp16"
 casts the model (CUDA only; on the CPU PyTorch has no fast FP16 kernels and the sweep skips it). The loop takes
 each step's timestep and alphas as device tensors made once per plan: a tensor made from a Python number inside
@@ -105,11 +105,12 @@ class TorchBackend:
     ) -> BackendOutput:
         seconds: dict[str, float] = {}
         image = torch.from_numpy(images).to(self.device, self.dtype)
-        noise_t = torch.from_numpy(noise).to(self.device, self.dtype)
+        draws = torch.from_numpy(noise.reshape(-1, *noise.shape[-3:])).to(self.device, self.dtype)
 
         def encode() -> tuple[torch.Tensor, torch.Tensor]:
             latent = self.model.vae.encode_mean(image)
-            return q_sample(latent, noise_t.expand_as(latent), plan.start_alpha), self.model.sg.encode_hint(image)
+            noised = torch.cat([q_sample(latent, draw.expand_as(latent), plan.start_alpha) for draw in draws])
+            return noised, self.model.sg.encode_hint(image).repeat(len(draws), 1, 1, 1)
 
         noised, hint = self._timed(seconds, "encode", encode)
         step_seconds: list[float] = []
@@ -118,7 +119,8 @@ class TorchBackend:
         else:
             steps = self._step_tensors(plan)
             sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, steps, step_seconds))
-        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
+        recon = self._timed(seconds, "decode",
+                            lambda: self.model.vae.decode(sample.view(len(draws), len(image), *sample.shape[1:]).mean(0)))
         amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
         return BackendOutput(
             amap.float().cpu().numpy(), score.float().cpu().numpy(),

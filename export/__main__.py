@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the runtime may use (default 8)")
     parser.add_argument("--steps", type=int, help="DDIM steps recorded as default (default: the run's config)")
     parser.add_argument("--start-t", type=int, help="start timestep recorded as default (default: the run's)")
+    parser.add_argument("--draws", type=int,
+                        help="noise draws per image, their sample latents averaged (default: the run's config)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -50,12 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_plan(run.model_config(), args.steps, args.start_t)
     except ValueError as exc:
         parser.error(f"--steps / --start-t: {exc}")
+    if args.draws is not None and args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
     model = run.load_model("cpu")
     config = model.config
     scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
     manifest, exported = write_model_folder(
         model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
-        source=str(Path(args.run).resolve()),
+        source=str(Path(args.run).resolve()), draws=args.draws,
     )
 
     print(f"model folder {manifest.root} ({args.precision}, opset {args.opset}, preset {config.name})")
@@ -63,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for e in exported:
         print(f"| {e.name} | {', '.join(f.name for f in e.files)} | {e.bytes / 2**20:.1f} | {e.seconds:.1f} |")
     plan = manifest.plan()
-    print(f"DDIM {len(plan.timesteps)} steps from t={plan.start_t}: {plan.timesteps.tolist()}")
+    print(f"DDIM {len(plan.timesteps)} steps from t={plan.start_t}: {plan.timesteps.tolist()}, "
+          f"{manifest.draws} noise draw(s) averaged")
     if args.verify:
         results = parity(model, scorer, manifest)
         print(format_parity(results), end="")

@@ -117,8 +117,10 @@ def write_model_folder(
     opset: int = DEFAULT_OPSET,
     source: str = "",
     progress: bool = True,
+    draws: int | None = None,
 ) -> tuple[Manifest, list[ExportedComponent]]:
     """Export ``model`` + ``scorer`` into ``out`` and write its manifest; returns it with per-component figures.
+    ``steps`` / ``start_t`` / ``draws`` (noise draws per image) default to the model's config.
 
     The folder is written under ``out.partial`` and renamed at the end, so an interrupted export never leaves a
     folder that looks complete. Options are checked first (``ValueError``, :func:`check_out`'s
@@ -128,6 +130,9 @@ def write_model_folder(
     out = check_out(out)
     config = model.config
     plan = export_plan(config, steps, start_t)
+    draws = config.inference.draws if draws is None else draws
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
     partial = out.with_name(out.name + ".partial")
     if partial.is_dir():
         shutil.rmtree(partial)
@@ -172,8 +177,10 @@ def write_model_folder(
         "noise": {
             "policy": "fixed",
             "seed": config.inference.noise_seed,
-            "generator": "numpy.random.default_rng(seed).standard_normal(latent_shape, float32)",
+            "generator": "runtime.schedule.noise_draws: numpy.random.default_rng(seed).standard_normal("
+                         "(ceil(draws / 2), *latent_shape), float32), each draw followed by its negative",
             "shape": latent_shape,
+            "draws": draws,
         },
         "scorer": {
             "backbone": config.scorer.backbone,

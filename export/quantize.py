@@ -32,7 +32,6 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.cli import run_cli
 from runtime.errors import DiadError, ModelFolderError
 from runtime.manifest import COMPONENTS, Manifest, file_entry
-from runtime.schedule import fixed_noise
 
 SCORE_TOLERANCE = 1e-2  # max |score int8 - score fp32| / max |score fp32|
 OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -87,7 +86,7 @@ def score_parity(reference: Manifest, quantized: Manifest, images: int = 2, seed
     """Both folders' whole pipelines (ONNX Runtime CPU, the manifest's plan) on the same seeded random images."""
     size = reference.image_size
     batch = np.random.default_rng(seed).standard_normal((images, 3, size, size), np.float32)
-    noise = fixed_noise(reference.latent_shape, reference.noise_seed)
+    noise = reference.noise()
     outputs = []
     for manifest in (reference, quantized):
         backend = OnnxRuntimeBackend(manifest, "cpu")

@@ -31,9 +31,12 @@ Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
 def profile_shapes(manifest: Manifest, component: str, opt_batch: int, max_batch: int) -> Shapes:
-    """``{input: (min, opt, max)}`` shapes: the manifest's with the batch axis at 1, ``opt_batch``, ``max_batch``."""
+    """``{input: (min, opt, max)}`` shapes: the manifest's with the batch axis at 1, ``opt_batch``, ``max_batch``
+    images; ``denoise_step`` runs one latent per image and noise draw, so its opt and max are times the draws."""
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt batch <= max batch, got opt {opt_batch}, max {max_batch}")
+    if component == "denoise_step":
+        opt_batch, max_batch = opt_batch * manifest.draws, max_batch * manifest.draws
     shapes = {}
     for name, dims in manifest.component(component)["inputs"].items():
         if dims[:1] != [BATCH_AXIS] or not all(isinstance(d, int) for d in dims[1:]):

@@ -18,7 +18,7 @@ from runtime.errors import BackendError, FrameError, ModelFolderError
 from runtime.limits import Limits
 from runtime.manifest import Manifest, Thresholds
 from runtime.preprocess import check_rgb, preprocess
-from runtime.schedule import DDIMPlan, fixed_noise
+from runtime.schedule import DDIMPlan
 from runtime.scoring import normalize_to_threshold
 
 
@@ -63,10 +63,10 @@ class FrameScorer(Protocol):
 
 
 def model_summary(manifest: Manifest, plan: DDIMPlan) -> dict:
-    """A model folder's preset, DDIM ``plan`` and scorer (backbone, layers, weights), for summaries."""
+    """A model folder's preset, DDIM ``plan``, noise draws and scorer (backbone, layers, weights), for summaries."""
     data = manifest.data
     return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
-            "scorer": data.get("scorer", {})}
+            "draws": manifest.draws, "scorer": data.get("scorer", {})}
 
 
 def make_backend(manifest: Manifest, backend: str, device: str | None, provider: str | None = None) -> Backend:
@@ -89,7 +89,7 @@ class Detector:
     """Score images with a model folder.
 
     ``steps`` / ``start_t`` override the manifest's DDIM plan; the diffusion noise is the manifest's fixed
-    seeded noise, so one image always gets the same score, alone or in any batch. Frames over ``limits`` (default
+    seeded draws, so one image always gets the same score, alone or in any batch. Frames over ``limits`` (default
     :class:`Limits`) are refused with a :class:`~runtime.errors.LimitError`.
     """
 
@@ -112,7 +112,7 @@ class Detector:
             raise ModelFolderError(
                 f"{self.manifest.root}: cannot run DDIM steps={steps}, start_t={start_t}: {exc}"
             ) from None
-        self.noise = fixed_noise(self.manifest.latent_shape, self.manifest.noise_seed)
+        self.noise = self.manifest.noise()
         self.backend = make_backend(self.manifest, backend, device, provider)
         self._chunks: deque[int] = deque()  # per submitted batch, its chunks
         self._descriptors: deque[np.ndarray | None] = deque()  # per submitted batch, with per-class thresholds

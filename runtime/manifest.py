@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.class_thresholds import DESCRIPTOR_SIZE
 from runtime.errors import ModelFolderError
-from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
+from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan, noise_draws
 from runtime.schema import (
     SchemaError,
     anything,
@@ -49,6 +49,7 @@ PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamic quantisation of an FP32 f
 BATCH_AXIS = "B"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_BATCH = 1024
+MAX_DRAWS = 64  # noise draws per image: the denoiser runs on batch x draws latents
 MAX_LATENT_VALUES = 1 << 22  # per image: the fixed noise and each latent buffer (16 MiB of float32)
 MAX_HINT_VALUES = 1 << 24
 MAX_ENGINE_TARGETS = 64  # engines per component: one per (TensorRT version, compute capability)
@@ -254,6 +255,20 @@ class Manifest:
     @property
     def noise_seed(self) -> int:
         return int(self.data["noise"]["seed"])
+
+    @property
+    def draws(self) -> int:
+        """Noise draws per image, their sample latents averaged (1 where the manifest predates the field)."""
+        return int(self.data["noise"].get("draws", 1))
+
+    @property
+    def step_max_batch(self) -> int:
+        """The largest batch of ``denoise_step``: every image's latent once per noise draw."""
+        return self.max_batch * self.draws
+
+    def noise(self) -> np.ndarray:
+        """The fixed noise draws ``(draws, *latent_shape)`` (:func:`runtime.schedule.noise_draws`)."""
+        return noise_draws(self.latent_shape, self.noise_seed, self.draws)
 
     @property
     def steps(self) -> int:
@@ -469,7 +484,7 @@ SCHEMA = obj(
              "eta": number(0, 0)},
         ),
         "noise": obj({"policy": string(["fixed"]), "seed": integer(0, 2**63 - 1)},
-                     {"generator": string(), "shape": _SHAPE}),
+                     {"generator": string(), "shape": _SHAPE, "draws": integer(1, MAX_DRAWS)}),
         "components": obj({name: _COMPONENT for name in COMPONENTS}),
     },
     {

@@ -92,3 +92,32 @@ def fixed_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
     Every image gets the same noise, so a given image always gets the same score, batched or not.
     """
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def noise_draws(shape: tuple[int, ...], seed: int, draws: int = 1) -> np.ndarray:
+    """``draws`` noise tensors ``(draws, *shape)`` in antithetic pairs: draw ``2j`` is the ``j``-th tensor of
+    :func:`fixed_noise` ``((ceil(draws / 2), *shape), seed)``, draw ``2j + 1`` its negative.
+
+    Averaging the denoised latents of a pair cancels the sample's first-order dependence on the noise (antithetic
+    variates). One draw is exactly ``fixed_noise(shape, seed)``.
+    """
+    if draws < 1:
+        raise ValueError(f"need at least one noise draw, got {draws}")
+    noise = np.repeat(fixed_noise(((draws + 1) // 2, *shape), seed), 2, axis=0)[:draws]
+    noise[1::2] *= -1
+    return noise
+
+
+def noise_latents(latent: np.ndarray, draws: np.ndarray, alpha_bar: float) -> np.ndarray:
+    """The ``(B, ...)`` clean latents noised with each of ``K`` draws: ``(K * B, ...)``, draw-major (row
+    ``k * B + b`` is image ``b`` with draw ``k``), so the hint of a batch repeats as ``K`` whole copies.
+    A latent-shaped ``draws`` is one draw."""
+    draws = draws[None] if draws.ndim == latent.ndim - 1 else draws
+    return np.concatenate([q_sample(latent, draw, alpha_bar) for draw in draws])
+
+
+def mean_of_draws(samples: np.ndarray, draws: int) -> np.ndarray:
+    """The per-image mean over draws of draw-major ``(K * B, ...)`` latents (:func:`noise_latents`): ``(B, ...)``."""
+    if len(samples) % draws:
+        raise ValueError(f"{len(samples)} latents are not {draws} draws of one batch")
+    return samples.reshape(draws, -1, *samples.shape[1:]).mean(axis=0, dtype=np.float32)

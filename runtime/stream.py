@@ -620,7 +620,8 @@ def summary_text(summary: dict) -> str:
     scorer = model["scorer"]
     weights = "RANDOM weights" if scorer.get("weights") == "random" else "ImageNet weights"
     parts.append(
-        f"model {model['preset']}, DDIM {model['steps']} steps from t={model['start_t']}, scorer "
+        f"model {model['preset']}, DDIM {model['steps']} steps from t={model['start_t']} x "
+        f"{model.get('draws', 1)} noise draw(s), scorer "
         f"{scorer.get('backbone')} layers {scorer.get('layers')} ({weights})"
     )
     return "; ".join(parts) + f" ({summary['stop_reason']})"

@@ -52,6 +52,8 @@ def test_manifest_describes_the_folder(model_dir, tiny_run):
     assert data["schedule"]["timesteps"] == plan.timesteps.tolist()
     assert np.allclose(data["schedule"]["alphas_prev"], plan.alphas_prev)
     assert data["noise"]["policy"] == "fixed" and data["noise"]["seed"] == config.inference.noise_seed
+    assert data["noise"]["draws"] == manifest.draws == config.inference.draws == 2  # the tiny preset's pair
+    assert manifest.noise().shape == (2, *manifest.latent_shape)
     assert data["max_batch"] == 4 and data["precision"] == "fp32" and data["injection"] == config.injection
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(data["versions"])
     assert sorted(data["components"]) == sorted(COMPONENTS)

@@ -76,6 +76,8 @@ BAD_VALUES = {
     "seed not an integer": (_set("noise", "seed", 1.5), r"noise.seed: expected an integer in \[0, "),
     "seed negative": (_set("noise", "seed", -1), r"noise.seed: expected an integer"),
     "seed missing": (_delete("noise", "seed"), r"noise: missing key\(s\) \['seed'\]"),
+    "no noise draws": (_set("noise", "draws", 0), r"noise.draws: expected an integer in \[1, 64\], got 0"),
+    "noise draws a float": (_set("noise", "draws", 2.5), r"noise.draws: expected an integer in \[1, 64\]"),
     "image_size missing": (_delete("image_size"), r"missing key\(s\) \['image_size'\]"),
     "precision": (_set("precision", "int4"), r"precision: expected one of \['fp32', 'fp16', 'int8'\]"),
     "alpha NaN": (_set("schedule", "alphas", 0, float("nan")), r"schedule.alphas\[0\]: expected a finite number"),

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from scipy.ndimage import gaussian_filter
 
 from runtime.errors import CheckpointError
-from runtime.schedule import alphas_cumprod, ddim_plan, ddim_timesteps
+from runtime.schedule import alphas_cumprod, ddim_plan, ddim_timesteps, noise_draws
 from runtime.scoring import anomaly_map, image_score
 from training.models.diad import DiAD, build_model, empty_prompt_context
 from training.models.presets import REFERENCE_PARAMETERS_M, ModelConfig, get_preset, sd15, tiny
@@ -100,6 +100,18 @@ def test_reconstruct_is_deterministic_and_batch_independent(model):
         # (deep, random-weight) VAE decoder
         tolerance = 1e-5 * (1.0 if key != "reconstruction" else float(batched.abs().max()))
         assert float((batched - single).abs().max()) <= tolerance, key
+
+
+def test_reconstruct_averages_the_sample_latents_of_its_noise_draws(model):
+    """Two draws (the tiny preset's) decode the mean of the DDIM samples started from +eps and from -eps."""
+    x = images(2, seed=4, size=128)
+    eps = torch.from_numpy(noise_draws(tuple(model.vae.encode_mean(x).shape[1:]), 0, 1)[0])
+    plus, minus = (model.reconstruct(x, steps=2, noise=n, decode_vae_reconstruction=False) for n in (eps, -eps))
+    both = model.reconstruct(x, steps=2, draws=2, decode_vae_reconstruction=False)
+    torch.testing.assert_close(both["sample_latent"], (plus["sample_latent"] + minus["sample_latent"]) / 2,
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(both["noised_latent"], plus["noised_latent"])
+    assert not torch.allclose(both["sample_latent"], plus["sample_latent"], atol=1e-3)
 
 
 @torch.no_grad()

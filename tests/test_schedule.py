@@ -3,7 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.schedule import alphas_cumprod, betas, ddim_plan, ddim_timesteps, fixed_noise, q_sample
+from runtime.schedule import (
+    alphas_cumprod,
+    betas,
+    ddim_plan,
+    ddim_timesteps,
+    fixed_noise,
+    mean_of_draws,
+    noise_draws,
+    noise_latents,
+    q_sample,
+)
 
 
 def test_betas_are_ldm_scaled_linear():
@@ -40,3 +50,28 @@ def test_fixed_noise_and_q_sample():
     z = np.ones((4, 8, 8), np.float32)
     x = q_sample(z, a, 0.25)
     np.testing.assert_allclose(x, 0.5 * z + np.sqrt(0.75) * a, rtol=1e-5, atol=1e-7)
+
+
+def test_noise_draws_come_in_antithetic_pairs_and_one_draw_is_the_fixed_noise():
+    shape = (4, 8, 8)
+    assert np.array_equal(noise_draws(shape, 3, 1), fixed_noise(shape, 3)[None])  # folders before draws score alike
+    five = noise_draws(shape, 3, 5)
+    assert five.shape == (5, *shape) and five.dtype == np.float32
+    assert np.array_equal(five[1], -five[0]) and np.array_equal(five[3], -five[2])
+    assert not np.array_equal(five[2], five[0]) and not np.array_equal(five[4], five[0])
+    assert np.array_equal(five[:2], noise_draws(shape, 3, 2))  # a prefix: more draws only add pairs
+    with pytest.raises(ValueError, match="at least one noise draw"):
+        noise_draws(shape, 3, 0)
+
+
+def test_draws_are_draw_major_and_a_pair_averages_to_the_clean_signal():
+    latent = np.random.default_rng(0).standard_normal((3, 4, 8, 8)).astype(np.float32)
+    draws = noise_draws(latent.shape[1:], 0, 2)
+    noised = noise_latents(latent, draws, 0.25)
+    assert noised.shape == (6, 4, 8, 8)
+    np.testing.assert_array_equal(noised[4], q_sample(latent[1], draws[1], 0.25))  # row k * B + b
+    # the identity "denoiser": the antithetic pair's mean is exactly the scaled clean latent
+    np.testing.assert_allclose(mean_of_draws(noised, 2), 0.5 * latent, atol=1e-6)
+    np.testing.assert_array_equal(noise_latents(latent, draws[0], 0.25), q_sample(latent, draws[0], 0.25))
+    with pytest.raises(ValueError, match="not 4 draws"):
+        mean_of_draws(noised, 4)

@@ -460,6 +460,37 @@ def test_slots_take_turns_and_unused_loops_are_freed(fake, engines):
     assert cudart.leaks() == {}
 
 
+def test_noise_draws_run_as_one_batch_and_average_like_separate_runs(fake, tmp_path):
+    """Two antithetic draws per image: the denoiser's engine is built for every draw of the largest batch, each slot
+    denoises the draws in one batch (hints copied per draw on the device), and the mean over draws matches running
+    each draw on its own (``reference``); ONNX Runtime agrees."""
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    _, cudart = fake
+    manifest = build(make_folder(tmp_path / "model", draws=2), "--device", "cuda:0")
+    step = manifest.engine("denoise_step", "10.3.0", "8.6")
+    assert step["profile"]["x_t"]["max"][0] == 2 * MAX_BATCH and step["profile"]["x_t"]["opt"][0] == 2
+    noise, plan = manifest.noise(), manifest.plan()
+    assert noise.shape == (2, *LATENT) and np.array_equal(noise[1], -noise[0])
+    backend = backend_trt.TensorRTBackend(manifest, "cuda:0")
+    ort_backend = OnnxRuntimeBackend(manifest)
+    try:
+        assert backend.max_batch == MAX_BATCH
+        for images in batches(MAX_BATCH, 1, 3, MAX_BATCH):
+            out = backend.run(images, plan, noise)
+            assert_like_onnxruntime(manifest, out, images, plan, noise)
+            assert_like_onnxruntime(manifest, ort_backend.run(images, plan, noise), images, plan, noise)
+            single = reference(manifest, images, plan, noise[0])[1]
+            assert not np.allclose(out.score, single, atol=1e-4)  # the second draw changed the result
+        with pytest.raises(ValueError, match=r"K <= 2"):
+            backend.submit(images, plan, np.stack([noise[0]] * 3))
+    finally:
+        backend.close()
+        ort_backend.close()
+    assert cudart.stale_replays == 0
+    assert cudart.leaks() == {}
+
+
 def test_detector_stream_and_calibration_use_both_slots(fake, engines, tmp_path):
     """Issue 12.2: ``run`` reset the slot index, so slot 1 was never used by the detector, stream or calibration."""
     from runtime import Detector
@@ -513,12 +544,15 @@ def reference(manifest: Manifest, images: np.ndarray, plan, noise: np.ndarray) -
     batch = len(images)
     latent = run["vae_encoder"](None, {"image": images})[0]
     hint = run["hint_encoder"](None, {"image": images})[0]
-    x = q_sample(latent, noise, plan.start_alpha)
-    for t, a, a_prev in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
-        feed = {"x_t": x, "hint": hint, **{k: np.full(batch, v, np.float32) for k, v in
-                                           (("timestep", t), ("alpha_t", a), ("alpha_prev", a_prev))}}
-        x = run["denoise_step"](None, feed)[0]
-    recon = run["vae_decoder"](None, {"latent": x})[0]
+    samples = []
+    for draw in noise if noise.ndim == 4 else noise[None]:  # each draw on its own, then the mean
+        x = q_sample(latent, draw, plan.start_alpha)
+        for t, a, a_prev in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
+            feed = {"x_t": x, "hint": hint, **{k: np.full(batch, v, np.float32) for k, v in
+                                               (("timestep", t), ("alpha_t", a), ("alpha_prev", a_prev))}}
+            x = run["denoise_step"](None, feed)[0]
+        samples.append(x)
+    recon = run["vae_decoder"](None, {"latent": np.mean(samples, axis=0, dtype=np.float32)})[0]
     return tuple(run["scorer"](["anomaly_map", "score"], {"image": images, "reconstruction": recon}))
 
 

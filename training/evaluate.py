@@ -2,15 +2,15 @@
 
 Two methods are scored by the same feature scorer, so every table shows what diffusion adds:
 
-* ``diad``: the DDIM reconstruction (encode, noise to ``start_t`` with the config's fixed seeded noise,
-  ``steps`` DDIM steps steered by the SG network, decode);
+* ``diad``: the DDIM reconstruction (encode, noise to ``start_t`` with each of the config's fixed seeded noise
+  draws, ``steps`` DDIM steps steered by the SG network, average the draws' sample latents, decode);
 * ``vae``: the VAE-only reconstruction ``decode(encode_mean(x))``, decoded from the same latent, no diffusion.
 
 Every image gets the same noise, so an image always gets the same score, batched or not. Metrics are
 ``runtime.metrics.per_class`` (per class, then the mean over classes).
 
-Where results go: with the run's own settings (start timestep, DDIM steps, SG injection from ``config.json``)
-into the run folder itself; with any of them overridden into ``RUN_DIR/evaluations/<tag>/`` (e.g.
+Where results go: with the run's own settings (start timestep, DDIM steps, SG injection, noise draws from
+``config.json``) into the run folder itself; with any of them overridden into ``RUN_DIR/evaluations/<tag>/`` (e.g.
 ``steps2_t500_injection-all``), so a quick experiment never replaces the default results. Each of these folders
 gets ``metrics.json`` (settings, dataset, timings and both methods' rows), ``metrics.csv`` (one row per
 method x class), ``metrics.md`` (the tables), ``scores.csv`` (per image), ``images/score_histogram.png`` and
@@ -72,10 +72,12 @@ class Settings:
     start_t: int
     injection: str
     noise_seed: int
+    draws: int = 1
 
     @classmethod
     def of(
-        cls, config: ModelConfig, steps: int | None = None, start_t: int | None = None, injection: str | None = None
+        cls, config: ModelConfig, steps: int | None = None, start_t: int | None = None, injection: str | None = None,
+        draws: int | None = None,
     ) -> Settings:
         """The config's inference settings with the given overrides; an impossible DDIM plan is a ValueError."""
         inference = config.inference
@@ -84,18 +86,22 @@ class Settings:
             inference.start_t if start_t is None else start_t,
             config.injection if injection is None else injection,
             inference.noise_seed,
+            inference.draws if draws is None else draws,
         )
         if settings.injection not in INJECTIONS:
             raise ValueError(f"injection {settings.injection!r}: expected one of {INJECTIONS}")
+        if settings.draws < 1:
+            raise ValueError(f"draws must be at least 1, got {settings.draws}")
         ddim_plan(settings.steps, settings.start_t)
         return settings
 
     def tag(self, default: Settings) -> str:
-        """``""`` for the default settings, else the overridden ones, e.g. ``steps2_t500_injection-all``."""
+        """``""`` for the default settings, else the overridden ones, e.g. ``steps2_t500_injection-all_draws4``."""
         parts = [
             f"steps{self.steps}" if self.steps != default.steps else "",
             f"t{self.start_t}" if self.start_t != default.start_t else "",
             f"injection-{self.injection}" if self.injection != default.injection else "",
+            f"draws{self.draws}" if self.draws != default.draws else "",
         ]
         return "_".join(p for p in parts if p)
 
@@ -223,10 +229,11 @@ def evaluate(
     pictures: Collection[int] = (),
     workers: int = 0,
     progress: bool = True,
+    draws: int | None = None,
 ) -> EvaluationResult:
     """Reconstruct and score ``samples`` with both methods (model and scorer on the same device).
 
-    ``steps`` / ``start_t`` default to the model's config; the injection is the model's (:func:`set_injection`).
+    ``steps`` / ``start_t`` / ``draws`` (noise draws) default to the model's config; the injection is the model's (:func:`set_injection`).
     ``pictures``: indices whose input and reconstructions are kept for display (nothing else is kept but maps).
     ``seconds_per_image``: ``encode``, ``steps`` (noising, hint and DDIM loop), ``decode`` and ``score`` of the
     diffusion pipeline, their sum ``diad``, the baseline's extra ``vae_decode`` and ``vae_score``, and ``wall``
@@ -234,7 +241,7 @@ def evaluate(
     """
     if not samples:
         raise ValueError("evaluate needs at least one sample")
-    settings = Settings.of(model.config, steps, start_t, model.sg.injection)
+    settings = Settings.of(model.config, steps, start_t, model.sg.injection, draws)
     device = next(model.parameters()).device
     size = model.config.image_size
     n = len(samples)
@@ -253,7 +260,9 @@ def evaluate(
         for batch in loader:
             image = batch["image"].to(device)
             with clock.stage("reconstruct"), timed_vae(model, clock):
-                out = model.reconstruct(image, settings.steps, settings.start_t, decode_vae_reconstruction=False)
+                out = model.reconstruct(
+                    image, settings.steps, settings.start_t, decode_vae_reconstruction=False, draws=settings.draws
+                )
             with clock.stage("vae_decode"):
                 recons = {"diad": out["reconstruction"], "vae": model.vae.decode(out["latent"])}
             for method, recon in recons.items():
@@ -404,7 +413,7 @@ def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
         "",
         (
             f"DDIM {st['steps']} steps from t={st['start_t']}, injection {st['injection']}, noise seed "
-            f"{st['noise_seed']}; {data['images']} test images ({data['good']} good, {data['defect']} defect) of "
+            f"{st['noise_seed']}, {st.get('draws', 1)} noise draw(s) averaged; {data['images']} test images ({data['good']} good, {data['defect']} defect) of "
             f"{len(data['classes'])} classes from {data['path']} ({data['layout']}); scorer: "
             f"{_scorer_text(info['scorer'])}; "
             f"{sec['diad']:.3f} s/image for diad, {sec['wall']:.3f} s/image in all."
@@ -469,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's config)")
     p.add_argument("--start-t", type=int, default=None, help="timestep to noise to (default: the run's config)")
     p.add_argument("--injection", choices=INJECTIONS, default=None, help="SG residuals (default: the run's config)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="noise draws per image, their sample latents averaged (default: the run's config)")
     p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     p.add_argument("--pictures", type=int, default=2, help="picture strips per class, defects first (default: 2)")
@@ -489,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CheckpointError(f"{run.root}: run folder not found")
     config = run.model_config()
     try:
-        settings = Settings.of(config, args.steps, args.start_t, args.injection)
+        settings = Settings.of(config, args.steps, args.start_t, args.injection, args.draws)
     except ValueError as exc:
         parser.error(str(exc))
     index = load_index(args.data, args.classes.split(",") if args.classes else None)
@@ -503,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scorer = seeded_scorer(config.scorer, config.image_size, settings.noise_seed).to(device)
     result = evaluate(
         model, scorer, samples, settings.steps, settings.start_t, args.batch_size,
-        choose_pictures(samples, args.pictures), args.workers,
+        choose_pictures(samples, args.pictures), args.workers, draws=settings.draws,
     )
 
     tag = settings.tag(Settings.of(config))

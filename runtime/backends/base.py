@@ -1,7 +1,8 @@
 """What every inference backend implements: the DiAD pipeline on a batch of pre-processed images.
 
-encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with the fixed noise
-(:func:`runtime.schedule.q_sample`) -> ``denoise_step`` once per DDIM step -> ``vae_decoder`` -> ``scorer``.
+encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with each fixed noise draw
+(:func:`runtime.schedule.noise_latents`) -> ``denoise_step`` once per DDIM step on all draws at once -> the mean
+over draws (:func:`runtime.schedule.mean_of_draws`) -> ``vae_decoder`` -> ``scorer``.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class Backend(ABC):
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
-        """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 latent-shaped ``(4, s, s)`` or ``(B, 4, s, s)``."""
+        """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 draws ``(K, C, s, s)``
+        (:meth:`Manifest.noise_draws`; the denoiser runs on ``K * B`` latents) or one latent-shaped ``(C, s, s)``."""
 
     @property
     def pending(self) -> int:

@@ -2,7 +2,8 @@
 
 Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
 memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
-down. On the CPU the same code binds host memory.
+down. With several noise draws the hints are copied per draw and the last step's latents are averaged on the host
+(a few KiB per image each way). On the CPU the same code binds host memory.
 
 The TensorRT provider builds an engine per graph on first use; it caches them (and its timing cache) in
 ``ort_trt_cache/`` inside the model folder, or in the user cache when the folder is read-only, and builds each for
@@ -26,7 +27,7 @@ from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
 from runtime.manifest import COMPONENT_IO, COMPONENTS, MANIFEST, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, q_sample
+from runtime.schedule import DDIMPlan, mean_of_draws, noise_latents
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 OPTIMIZED_CACHE = "ort_cpu_cache"  # graphs as the CPU provider optimised them (SessionSettings.optimized_cache)
@@ -154,13 +155,15 @@ def optimized_graph(manifest: Manifest, component: str, ort_version: str, optimi
 
 
 def profile_shapes(manifest: Manifest, component: str) -> dict[str, str]:
-    """The TensorRT provider's ``trt_profile_{min,opt,max}_shapes`` for ``component``: batch 1, 1 and max_batch."""
+    """The TensorRT provider's ``trt_profile_{min,opt,max}_shapes`` for ``component``: batch 1, 1 and max_batch
+    (``denoise_step``: ``step_max_batch``, one latent per image and noise draw)."""
     inputs = manifest.component(component)["inputs"]
     return {
         f"trt_profile_{kind}_shapes": ",".join(
             f"{name}:{'x'.join(str(d) for d in (batch, *dims[1:]))}" for name, dims in inputs.items()
         )
-        for kind, batch in (("min", 1), ("opt", 1), ("max", manifest.max_batch))
+        for kind, batch in (("min", 1), ("opt", 1), ("max", manifest.step_max_batch if component == "denoise_step"
+                                                     else manifest.max_batch))
     }
 
 
@@ -286,24 +289,38 @@ class OnnxRuntimeBackend(Backend):
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
         batch, size = len(images), self.manifest.image_size
-        latent_shape = (batch, *self.manifest.latent_shape)
+        draws = 1 if noise.ndim == 3 else len(noise)
         seconds = {}
 
         start = time.perf_counter()
         image = self._on_device(images.astype(np.float32, copy=False))
-        latent = self._ort.OrtValue.ortvalue_from_shape_and_type(list(latent_shape), np.float32, "cpu", 0)
-        hint = self._empty((batch, *self.manifest.hint_shape))
+        latent = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, *self.manifest.latent_shape], np.float32,
+                                                                 "cpu", 0)
+        hint_shape = (batch, *self.manifest.hint_shape)
+        hint = self._ort.OrtValue.ortvalue_from_shape_and_type(list(hint_shape), np.float32, "cpu", 0) \
+            if draws > 1 else self._empty(hint_shape)
         self._run("vae_encoder", [image], [latent])
         self._run("hint_encoder", [image], [hint])
-        x = [self._on_device(q_sample(latent.numpy(), noise, plan.start_alpha)), self._empty(latent_shape)]
+        if draws > 1:  # one copy of the batch's hints per draw (draw-major, as the noised latents)
+            hint = self._on_device(np.concatenate([hint.numpy()] * draws))
+        noised = noise_latents(latent.numpy(), noise, plan.start_alpha)
+        x = [self._on_device(noised), self._empty(noised.shape)]
         seconds["encode"] = time.perf_counter() - start
 
         step_seconds = []
-        for k, values in enumerate(self._plan_values(plan, batch)):
+        steps = self._plan_values(plan, len(noised))
+        # several draws: the last step writes to host memory, where the draws are averaged
+        last = self._ort.OrtValue.ortvalue_from_shape_and_type(list(noised.shape), np.float32, "cpu", 0) \
+            if draws > 1 else x[len(steps) % 2]
+        for k, values in enumerate(steps):
             start = time.perf_counter()
-            self._run("denoise_step", [x[k % 2], hint, *values], [x[(k + 1) % 2]])
+            self._run("denoise_step", [x[k % 2], hint, *values], [last if k == len(steps) - 1 else x[(k + 1) % 2]])
             step_seconds.append(time.perf_counter() - start)
-        sample = x[len(plan.timesteps) % 2]
+        sample = last
+        if draws > 1:
+            start = time.perf_counter()
+            sample = self._on_device(mean_of_draws(last.numpy(), draws))
+            step_seconds[-1] += time.perf_counter() - start
         seconds["steps"] = sum(step_seconds)
 
         start = time.perf_counter()

@@ -1,7 +1,10 @@
 """TensorRT backend through cuda-python (no torch, no pycuda): the DiAD pipeline on one GPU.
 
-One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, noise it on the host with
-:func:`runtime.schedule.q_sample`, upload -> N x ``denoise_step`` -> ``vae_decoder`` -> ``scorer`` -> download.
+One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, noise it on the host with each
+noise draw (:func:`runtime.schedule.noise_latents`), upload -> N x ``denoise_step`` on every draw at once (the hints
+copied once per draw on the device) -> with several draws, download, average on the host
+(:func:`runtime.schedule.mean_of_draws`, so the slot waits for its steps) and upload -> ``vae_decoder`` ->
+``scorer`` -> download.
 
 Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`;
 successive batches take turns): each has its own CUDA stream, an execution context per engine, device buffers for
@@ -42,7 +45,7 @@ from runtime.backends.tensorrt_env import (
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
 from runtime.manifest import COMPONENT_IO, COMPONENTS, SCHEDULE_INPUTS, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, q_sample
+from runtime.schedule import DDIMPlan, mean_of_draws, noise_latents
 
 log = logging.getLogger("runtime.tensorrt")
 
@@ -271,9 +274,9 @@ class Slot:
     activation buffer.
     """
 
-    def __init__(self, engines: dict[str, Engine], max_batch: int):
+    def __init__(self, engines: dict[str, Engine], max_batch: int, draws: int = 1):
         self.cudart = import_cudart()
-        self.engines, self.max_batch = engines, max_batch
+        self.engines, self.max_batch, self.draws = engines, max_batch, draws
         self.memory = Memory()
         self.stream = cuda_call("cudaStreamCreateWithFlags", self.cudart.cudaStreamNonBlocking)
         self.handle = int(self.stream)
@@ -283,9 +286,11 @@ class Slot:
         self.contexts = {name: engines[name].context(self.scratch, self.scratch_bytes)
                          for name in COMPONENTS if name != "denoise_step"}
         where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
-        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T)}
-        self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch)) for b, (c, t) in where.items()}
-        self.host = {b: self.memory.pinned((max_batch, *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
+        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T), "mean": ("denoise_step", X_T)}
+        per_draw = ("x0", "x1", "hint", "latent")  # hold one latent (hint) per image and draw
+        rows = {b: max_batch * (draws if b in per_draw else 1) for b in where}
+        self.device = {b: self.memory.device(engines[c].nbytes(t, rows[b])) for b, (c, t) in where.items()}
+        self.host = {b: self.memory.pinned((rows[b], *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
         self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
         for (component, tensor), buffer in BINDINGS.items():
             self.contexts[component].bind(tensor, self.device[buffer])
@@ -321,27 +326,44 @@ class Slot:
             self.loops.popitem(last=False)[1].close()
         return self.loops[key]
 
+    def _replicate(self, buffer: str, batch: int, copies: int) -> None:
+        """Queue device copies of the first ``batch`` rows of ``buffer`` into the next ``copies - 1`` blocks."""
+        nbytes, kind = self.sizes[buffer] * batch, self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        for k in range(1, copies):
+            cuda_call("cudaMemcpyAsync", self.device[buffer] + k * nbytes, self.device[buffer], nbytes, kind,
+                      self.stream)
+
     def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
-        """Queue one batch; returns once the encoders ran and the noised latent is queued for upload."""
+        """Queue one batch; returns once the encoders ran and the noised latents are queued for upload (with
+        several noise draws: once the steps ran and their mean is queued for upload)."""
         batch = len(images)
+        draws = 1 if noise.ndim == 3 else len(noise)
         np.copyto(self.host["image"][:batch], images, casting="same_kind")
         self._record(0)
         self._copy("image", batch, to_device=True)
         self._run("vae_encoder", batch)
         self._run("hint_encoder", batch)
+        self._replicate("hint", batch, draws)
         self._copy("latent", batch, to_device=False)
         self._record(1)
         cuda_call("cudaEventSynchronize", self.events[1])
         start = time.perf_counter()
-        latent = self.host["latent"][:batch]
-        latent[...] = q_sample(latent, noise, plan.start_alpha)
+        latent = self.host["latent"]
+        latent[: batch * draws] = noise_latents(latent[:batch].copy(), noise, plan.start_alpha)
         noising = time.perf_counter() - start
         self._record(2)
-        self._copy("latent", batch, to_device=True, device=self.device["x0"])
-        loop = self.loop(plan, batch)
+        self._copy("latent", batch * draws, to_device=True, device=self.device["x0"])
+        loop = self.loop(plan, batch * draws)
         loop.run()
+        sample = loop.output
+        if draws > 1:
+            self._copy("latent", batch * draws, to_device=False, device=sample)
+            cuda_call("cudaStreamSynchronize", self.stream)
+            latent[:batch] = mean_of_draws(latent[: batch * draws], draws)
+            sample = self.device["mean"]
+            self._copy("latent", batch, to_device=True, device=sample)
         self._record(3)
-        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), loop.output)
+        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
         self._run("vae_decoder", batch)
         self._record(4)
         self._run("scorer", batch)
@@ -398,10 +420,16 @@ class TensorRTBackend(Backend):
             path = manifest.check_file(entry, verify)
             self.engines[name] = Engine(trt, self._runtime, path, name, manifest.component(name), rebuild)
         check_shared_shapes(self.engines)
-        self.max_batch = min(engine.max_batch for engine in self.engines.values())
+        self.draws = manifest.draws
+        step_batch = self.engines["denoise_step"].max_batch
+        if step_batch < self.draws:
+            raise ModelFolderError(f"denoise_step's engine runs at most {step_batch} latents, the model averages "
+                                   f"{self.draws} noise draws per image; {rebuild}")
+        self.max_batch = min([step_batch // self.draws] + [e.max_batch for n, e in self.engines.items()
+                                                            if n != "denoise_step"])
         self.image_shape = self.engines["vae_encoder"].shapes[COMPONENT_IO["vae_encoder"].only("image")][1:]
         self.latent_shape = self.engines["denoise_step"].shapes[X_T][1:]
-        self._slots = [Slot(self.engines, self.max_batch) for _ in range(SLOTS)]
+        self._slots = [Slot(self.engines, self.max_batch, self.draws) for _ in range(SLOTS)]
         self._jobs: deque[Slot] = deque()
         self._next = 0
 
@@ -420,8 +448,11 @@ class TensorRTBackend(Backend):
         """
         if not 1 <= len(images) <= self.max_batch or tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(f"images {images.shape}: expected (B, *{self.image_shape}) with 1 <= B <= {self.max_batch}")
-        if tuple(noise.shape) not in (self.latent_shape, (len(images), *self.latent_shape)):
-            raise ValueError(f"noise {noise.shape}: expected {self.latent_shape} or (B, *{self.latent_shape})")
+        if tuple(noise.shape) != self.latent_shape and not (
+            noise.ndim == 4 and 1 <= len(noise) <= self.draws and tuple(noise.shape[1:]) == self.latent_shape
+        ):
+            raise ValueError(f"noise {noise.shape}: expected {self.latent_shape} or (K, *{self.latent_shape}) draws "
+                             f"with K <= {self.draws}")
         if len(self._jobs) == SLOTS:
             raise RuntimeError("both pipeline slots are busy: collect() a result before submitting more")
         cuda_call("cudaSetDevice", self.index)  # the device is current per thread
@@ -449,7 +480,7 @@ class TensorRTBackend(Backend):
             chunk = slice(start, start + self.max_batch)
             if len(self._jobs) == SLOTS:
                 parts.append(self.collect())
-            self.submit(images[chunk], plan, noise[chunk] if noise.ndim == 4 else noise, keep_reconstruction)
+            self.submit(images[chunk], plan, noise, keep_reconstruction)
         while self._jobs:
             parts.append(self.collect())
         return BackendOutput.concat(parts)

@@ -162,6 +162,9 @@ class FakeCudart(types.ModuleType):
         device, host = (dst, src) if to_device else (src, dst)
 
         def copy() -> None:
+            if kind == cudaMemcpyKind.cudaMemcpyDeviceToDevice:
+                self.device_view(dst, nbytes)[:] = self.device_view(src, nbytes)
+                return
             view = self.device_view(device, nbytes)
             outside = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(host))
             if to_device:

@@ -92,8 +92,9 @@ def _components(fp16: bool) -> dict[str, tuple[onnx.ModelProto, dict]]:
     }
 
 
-def make_folder(root: Path, precision: str = "fp32") -> Manifest:
-    """A valid model folder of tiny real ONNX graphs (8x8 images, 4x4x4 latents, 3 DDIM steps)."""
+def make_folder(root: Path, precision: str = "fp32", draws: int = 1) -> Manifest:
+    """A valid model folder of tiny real ONNX graphs (8x8 images, 4x4x4 latents, 3 DDIM steps, ``draws`` noise
+    draws per image)."""
     root.mkdir(parents=True)
     entries = {}
     for name, (model, io) in _components(precision == "fp16").items():
@@ -108,7 +109,7 @@ def make_folder(root: Path, precision: str = "fp32") -> Manifest:
         "precision": precision,
         "max_batch": MAX_BATCH,
         "schedule": ddim_plan(3, 399).to_dict(),
-        "noise": {"policy": "fixed", "seed": 0},
+        "noise": {"policy": "fixed", "seed": 0, "draws": draws},
         "components": entries,
         "engines": {},
     }

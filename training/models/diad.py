@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from runtime.schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_plan, fixed_noise
+from runtime.schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_plan, noise_draws
 from training.models.notices import warn_loudly
 from training.models.presets import TRAINABLE_SETS, ModelConfig
 from training.models.sg_network import SemanticGuidedNetwork, timestep_batch
@@ -134,26 +134,34 @@ class DiAD(nn.Module):
         start_t: int | None = None,
         noise: torch.Tensor | None = None,
         decode_vae_reconstruction: bool = True,
+        draws: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Reconstruct ImageNet-normalised images ``(B, 3, S, S)``.
 
-        ``noise``: latent-shaped (with or without the batch axis); default the config's fixed seeded noise,
-        the same for every image. Returns ``reconstruction`` (decoded DDIM sample), ``vae_reconstruction``
-        (decoded clean latent, if asked), ``latent``, ``noised_latent`` and ``sample_latent``.
+        ``noise``: one latent-shaped draw (with or without the batch axis); default the config's fixed seeded
+        draws (``draws`` of them, default the config's: :func:`runtime.schedule.noise_draws`), the same for
+        every image, each denoised, the sample latents averaged (as :func:`runtime.schedule.mean_of_draws`).
+        Returns ``reconstruction`` (decoded DDIM sample), ``vae_reconstruction`` (decoded clean latent, if asked),
+        ``latent``, ``noised_latent`` (with the first draw) and ``sample_latent`` (the mean over draws: decoded).
         """
         inference = self.config.inference
         plan = ddim_plan(inference.steps if steps is None else steps, inference.start_t if start_t is None else start_t)
         latent = self.vae.encode_mean(image)
         if noise is None:
-            noise = torch.from_numpy(fixed_noise(tuple(latent.shape[1:]), inference.noise_seed))
-        noised = q_sample(latent, noise.to(latent).expand_as(latent), plan.start_alpha)
+            draws = inference.draws if draws is None else draws
+            noise = torch.from_numpy(noise_draws(tuple(latent.shape[1:]), inference.noise_seed, draws)).to(latent)
+        else:
+            noise = noise.to(latent).expand_as(latent)[None]
+        noised = torch.cat([q_sample(latent, draw.expand_as(latent), plan.start_alpha) for draw in noise])
 
-        hint = self.sg.encode_hint(image)  # depends on the image only: once, not per step
+        hint = self.sg.encode_hint(image).repeat(len(noise), 1, 1, 1)  # once per image, not per step or draw
         x = noised
         for t, alpha, alpha_prev in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
             x = self.ddim_step(x, self.denoise(x, int(t), hint), float(alpha), float(alpha_prev))
+        mean = x.view(len(noise), *latent.shape).mean(dim=0)
 
-        out = {"reconstruction": self.vae.decode(x), "latent": latent, "noised_latent": noised, "sample_latent": x}
+        out = {"reconstruction": self.vae.decode(mean), "latent": latent, "noised_latent": noised[: len(latent)],
+               "sample_latent": mean}
         if decode_vae_reconstruction:
             out["vae_reconstruction"] = self.vae.decode(latent)
         return out
