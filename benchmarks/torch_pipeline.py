@@ -1,11 +1,12 @@
 """PyTorch eager inference behind the runtime's backend interface, so the sweep times every backend alike.
 
 ``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise with each draw, hint once,
-DDIM without guidance on every draw at once, mean over draws, decode, score) with per-stage synchronised timing; on CUDA it can capture the DDIM loop as one CUDA
-graph (``cuda_graph=True``; otherwise each step is synchronised and timed on its own). ``precision`` "fp16"
-casts the model (CUDA only; on the CPU PyTorch has no fast FP16 kernels and the sweep skips it). The loop takes
-each step's timestep and alphas as device tensors made once per plan: a tensor made from a Python number inside
-the captured loop would be a host-to-device copy, which CUDA graph capture rejects.
+DDIM without guidance on every draw at once, mean over draws, decode, score) with per-stage synchronised timing;
+on CUDA it can capture the DDIM loop as one CUDA graph (``cuda_graph=True``; otherwise each step is synchronised
+and timed on its own). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast FP16
+kernels and the sweep skips it). The loop takes each step's timestep and alphas as device tensors made once per
+plan: a tensor made from a Python number inside the captured loop would be a host-to-device copy, which CUDA graph
+capture rejects.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from runtime.backends.base import BackendOutput
-from runtime.schedule import DDIMPlan
-from training.models.diad import DiAD, q_sample
+from runtime.schedule import DDIMPlan, as_draws
+from training.models.diad import DiAD, mean_of_draws, noise_latents
 from training.models.scorer import FeatureScorer
 
 
@@ -105,11 +106,11 @@ class TorchBackend:
     ) -> BackendOutput:
         seconds: dict[str, float] = {}
         image = torch.from_numpy(images).to(self.device, self.dtype)
-        draws = torch.from_numpy(noise.reshape(-1, *noise.shape[-3:])).to(self.device, self.dtype)
+        draws = torch.from_numpy(as_draws(noise)).to(self.device, self.dtype)
 
         def encode() -> tuple[torch.Tensor, torch.Tensor]:
             latent = self.model.vae.encode_mean(image)
-            noised = torch.cat([q_sample(latent, draw.expand_as(latent), plan.start_alpha) for draw in draws])
+            noised = noise_latents(latent, draws, plan.start_alpha)
             return noised, self.model.sg.encode_hint(image).repeat(len(draws), 1, 1, 1)
 
         noised, hint = self._timed(seconds, "encode", encode)
@@ -119,8 +120,7 @@ class TorchBackend:
         else:
             steps = self._step_tensors(plan)
             sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, steps, step_seconds))
-        recon = self._timed(seconds, "decode",
-                            lambda: self.model.vae.decode(sample.view(len(draws), len(image), *sample.shape[1:]).mean(0)))
+        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(mean_of_draws(sample, len(draws))))
         amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
         return BackendOutput(
             amap.float().cpu().numpy(), score.float().cpu().numpy(),

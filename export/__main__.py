@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_options(args.precision, args.max_batch, args.opset)
+        check_options(args.precision, args.max_batch, args.opset, args.draws)
     except ValueError as exc:
         parser.error(str(exc))
     check_out(args.out)
@@ -52,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_plan(run.model_config(), args.steps, args.start_t)
     except ValueError as exc:
         parser.error(f"--steps / --start-t: {exc}")
-    if args.draws is not None and args.draws < 1:
-        parser.error(f"--draws must be at least 1, got {args.draws}")
     model = run.load_model("cpu")
     config = model.config
     scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)

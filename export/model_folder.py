@@ -54,8 +54,10 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def check_options(precision: str, max_batch: int, opset: int) -> None:
+def check_options(precision: str, max_batch: int, opset: int, draws: int | None = None) -> None:
     """Reject export options that cannot give a working model folder (``ValueError`` naming the option)."""
+    if draws is not None and draws < 1:
+        raise ValueError(f"draws {draws}: expected at least 1")
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {EXPORT_PRECISIONS} (int8: export.quantize)")
     if max_batch < 1:
@@ -126,13 +128,11 @@ def write_model_folder(
     folder that looks complete. Options are checked first (``ValueError``, :func:`check_out`'s
     :class:`ModelFolderError`), before anything is exported.
     """
-    check_options(precision, max_batch, opset)
+    check_options(precision, max_batch, opset, draws)
     out = check_out(out)
     config = model.config
     plan = export_plan(config, steps, start_t)
     draws = config.inference.draws if draws is None else draws
-    if draws < 1:
-        raise ValueError(f"draws must be at least 1, got {draws}")
     partial = out.with_name(out.name + ".partial")
     if partial.is_dir():
         shutil.rmtree(partial)

@@ -108,12 +108,16 @@ def noise_draws(shape: tuple[int, ...], seed: int, draws: int = 1) -> np.ndarray
     return noise
 
 
+def as_draws(noise: np.ndarray) -> np.ndarray:
+    """Noise as draws ``(K, C, h, w)``: a latent-shaped ``(C, h, w)`` tensor is one draw."""
+    return noise[None] if noise.ndim == 3 else noise
+
+
 def noise_latents(latent: np.ndarray, draws: np.ndarray, alpha_bar: float) -> np.ndarray:
-    """The ``(B, ...)`` clean latents noised with each of ``K`` draws: ``(K * B, ...)``, draw-major (row
-    ``k * B + b`` is image ``b`` with draw ``k``), so the hint of a batch repeats as ``K`` whole copies.
-    A latent-shaped ``draws`` is one draw."""
-    draws = draws[None] if draws.ndim == latent.ndim - 1 else draws
-    return np.concatenate([q_sample(latent, draw, alpha_bar) for draw in draws])
+    """The ``(B, ...)`` clean latents noised with each of ``K`` draws (:func:`as_draws`): ``(K * B, ...)``,
+    draw-major (row ``k * B + b`` is image ``b`` with draw ``k``), so the hint of a batch repeats as ``K`` whole
+    copies."""
+    return np.concatenate([q_sample(latent, draw, alpha_bar) for draw in as_draws(draws)])
 
 
 def mean_of_draws(samples: np.ndarray, draws: int) -> np.ndarray:

@@ -72,7 +72,8 @@ def test_writes_metrics_of_both_methods(first, run_dir, data_dir):
     record = first["json"]
     assert not (run_dir / "metrics.json").exists()  # --steps 2 is not the run's setting: under evaluations/
     assert record["settings"] == {
-        "steps": 2, "start_t": 999, "injection": "mid+sff", "noise_seed": 0, "draws": 1, "tag": "steps2", "batch_size": 3,
+        "steps": 2, "start_t": 999, "injection": "mid+sff", "noise_seed": 0, "draws": 1, "tag": "steps2",
+        "batch_size": 3,
         "device": "cpu",
     }
     assert record["dataset"] == {

@@ -277,6 +277,7 @@ def test_invalid_out_is_refused_before_anything_is_exported(tiny_run, tmp_path, 
 @pytest.mark.parametrize("flags, message", [
     (["--opset", "16"], "opset 16"), (["--max-batch", "0"], "max_batch 0"), (["--steps", "0"], "--steps"),
     (["--start-t", "1000"], "--start-t"), (["--steps", "50", "--start-t", "20"], "do not fit"),
+    (["--draws", "0"], "draws 0"),
 ])
 def test_invalid_options_are_usage_errors(tiny_run, tmp_path, flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -233,7 +233,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Reconstruct and score ``samples`` with both methods (model and scorer on the same device).
 
-    ``steps`` / ``start_t`` / ``draws`` (noise draws) default to the model's config; the injection is the model's (:func:`set_injection`).
+    ``steps`` / ``start_t`` / ``draws`` (noise draws) default to the model's config; the injection is the model's
+    (:func:`set_injection`).
     ``pictures``: indices whose input and reconstructions are kept for display (nothing else is kept but maps).
     ``seconds_per_image``: ``encode``, ``steps`` (noising, hint and DDIM loop), ``decode`` and ``score`` of the
     diffusion pipeline, their sum ``diad``, the baseline's extra ``vae_decode`` and ``vae_score``, and ``wall``
@@ -413,7 +414,8 @@ def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
         "",
         (
             f"DDIM {st['steps']} steps from t={st['start_t']}, injection {st['injection']}, noise seed "
-            f"{st['noise_seed']}, {st.get('draws', 1)} noise draw(s) averaged; {data['images']} test images ({data['good']} good, {data['defect']} defect) of "
+            f"{st['noise_seed']}, {st.get('draws', 1)} noise draw(s) averaged; {data['images']} test images "
+            f"({data['good']} good, {data['defect']} defect) of "
             f"{len(data['classes'])} classes from {data['path']} ({data['layout']}); scorer: "
             f"{_scorer_text(info['scorer'])}; "
             f"{sec['diad']:.3f} s/image for diad, {sec['wall']:.3f} s/image in all."

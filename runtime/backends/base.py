@@ -73,7 +73,7 @@ class Backend(ABC):
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
         """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 draws ``(K, C, s, s)``
-        (:meth:`Manifest.noise_draws`; the denoiser runs on ``K * B`` latents) or one latent-shaped ``(C, s, s)``."""
+        (:meth:`Manifest.noise`; the denoiser runs on ``K * B`` latents) or one latent-shaped ``(C, s, s)``."""
 
     @property
     def pending(self) -> int:

@@ -27,7 +27,7 @@ from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
 from runtime.manifest import COMPONENT_IO, COMPONENTS, MANIFEST, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, mean_of_draws, noise_latents
+from runtime.schedule import DDIMPlan, as_draws, mean_of_draws, noise_latents
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 OPTIMIZED_CACHE = "ort_cpu_cache"  # graphs as the CPU provider optimised them (SessionSettings.optimized_cache)
@@ -289,7 +289,7 @@ class OnnxRuntimeBackend(Backend):
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
         batch, size = len(images), self.manifest.image_size
-        draws = 1 if noise.ndim == 3 else len(noise)
+        draws = len(as_draws(noise))
         seconds = {}
 
         start = time.perf_counter()

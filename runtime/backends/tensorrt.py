@@ -45,7 +45,7 @@ from runtime.backends.tensorrt_env import (
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
 from runtime.manifest import COMPONENT_IO, COMPONENTS, SCHEDULE_INPUTS, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, mean_of_draws, noise_latents
+from runtime.schedule import DDIMPlan, as_draws, mean_of_draws, noise_latents
 
 log = logging.getLogger("runtime.tensorrt")
 
@@ -286,10 +286,13 @@ class Slot:
         self.contexts = {name: engines[name].context(self.scratch, self.scratch_bytes)
                          for name in COMPONENTS if name != "denoise_step"}
         where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
-        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T), "mean": ("denoise_step", X_T)}
-        per_draw = ("x0", "x1", "hint", "latent")  # hold one latent (hint) per image and draw
-        rows = {b: max_batch * (draws if b in per_draw else 1) for b in where}
-        self.device = {b: self.memory.device(engines[c].nbytes(t, rows[b])) for b, (c, t) in where.items()}
+        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T)}
+        if draws > 1:
+            where["mean"] = ("denoise_step", X_T)  # the decoder's input: the mean over draws
+        # the denoiser's buffers and the host latent (noised latents up, samples down) hold a row per image and draw
+        rows = {b: max_batch * (draws if b in ("x0", "x1", "hint", "latent") else 1) for b in where}
+        self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch if b == "latent" else rows[b]))
+                       for b, (c, t) in where.items()}
         self.host = {b: self.memory.pinned((rows[b], *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
         self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
         for (component, tensor), buffer in BINDINGS.items():
@@ -337,7 +340,7 @@ class Slot:
         """Queue one batch; returns once the encoders ran and the noised latents are queued for upload (with
         several noise draws: once the steps ran and their mean is queued for upload)."""
         batch = len(images)
-        draws = 1 if noise.ndim == 3 else len(noise)
+        draws = len(as_draws(noise))
         np.copyto(self.host["image"][:batch], images, casting="same_kind")
         self._record(0)
         self._copy("image", batch, to_device=True)

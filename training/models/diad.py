@@ -53,6 +53,18 @@ def q_sample(latent: torch.Tensor, noise: torch.Tensor, alpha_bar: np.ndarray | 
     return signal * latent + spread * noise
 
 
+def noise_latents(latent: torch.Tensor, draws: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """``(B, ...)`` latents noised with each of the ``(K, ...)`` draws: ``(K * B, ...)`` draw-major, as
+    ``runtime.schedule.noise_latents``."""
+    return torch.cat([q_sample(latent, draw.expand_as(latent), alpha_bar) for draw in draws])
+
+
+def mean_of_draws(samples: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per image, the mean over ``draws`` of draw-major ``(K * B, ...)`` latents, as
+    ``runtime.schedule.mean_of_draws``."""
+    return samples.view(draws, -1, *samples.shape[1:]).mean(dim=0)
+
+
 class DiAD(nn.Module):
     """VAE + SD UNet + SG network + the constant cross-attention context (a buffer, saved in checkpoints).
 
@@ -140,7 +152,7 @@ class DiAD(nn.Module):
 
         ``noise``: one latent-shaped draw (with or without the batch axis); default the config's fixed seeded
         draws (``draws`` of them, default the config's: :func:`runtime.schedule.noise_draws`), the same for
-        every image, each denoised, the sample latents averaged (as :func:`runtime.schedule.mean_of_draws`).
+        every image, each denoised, the sample latents averaged (:func:`mean_of_draws`).
         Returns ``reconstruction`` (decoded DDIM sample), ``vae_reconstruction`` (decoded clean latent, if asked),
         ``latent``, ``noised_latent`` (with the first draw) and ``sample_latent`` (the mean over draws: decoded).
         """
@@ -152,13 +164,13 @@ class DiAD(nn.Module):
             noise = torch.from_numpy(noise_draws(tuple(latent.shape[1:]), inference.noise_seed, draws)).to(latent)
         else:
             noise = noise.to(latent).expand_as(latent)[None]
-        noised = torch.cat([q_sample(latent, draw.expand_as(latent), plan.start_alpha) for draw in noise])
+        noised = noise_latents(latent, noise, plan.start_alpha)
 
         hint = self.sg.encode_hint(image).repeat(len(noise), 1, 1, 1)  # once per image, not per step or draw
         x = noised
         for t, alpha, alpha_prev in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
             x = self.ddim_step(x, self.denoise(x, int(t), hint), float(alpha), float(alpha_prev))
-        mean = x.view(len(noise), *latent.shape).mean(dim=0)
+        mean = mean_of_draws(x, len(noise))
 
         out = {"reconstruction": self.vae.decode(mean), "latent": latent, "noised_latent": noised[: len(latent)],
                "sample_latent": mean}

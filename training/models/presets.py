@@ -221,7 +221,7 @@ def tiny() -> ModelConfig:
     whose sample latents are averaged: with one draw the least noise measured scored best (t = 12), and a draw's
     luck moved I-AUROC by up to 0.015 between seeds; the pair cancels the noise's first-order effect, is as good as
     16 independent draws, and put DiAD level with or ahead of its VAE (0.953 / 0.971 / 0.930 against 0.953 / 0.971 /
-    0.929 on the 2026-12-03 demo run; one draw at t = 12: 0.947 / 0.969 / 0.927).
+    0.929 on a 229 + 594-step demo run of 2026-12-03; one draw at t = 12: 0.947 / 0.969 / 0.927).
     """
     return ModelConfig(
         name="tiny",
