@@ -45,11 +45,13 @@ VARIANTS = {
 
 
 def step_feeds(manifest: Manifest) -> dict[str, np.ndarray]:
-    """Batch-1 inputs of ``denoise_step``: N(0, 1) latent and hint, the first step of the manifest's plan."""
+    """Batch-1 inputs of ``denoise_step``: N(0, 1) latent and hint, the first step of :meth:`Manifest.step_plan`
+    (the manifest's plan, or a DDIM plan where that is VAE-only)."""
     rng = np.random.default_rng(0)
     feeds = {"x_t": rng.standard_normal((1, *manifest.latent_shape), np.float32),
              "hint": rng.standard_normal((1, *manifest.hint_shape), np.float32)}
-    feeds.update({name: values[:1].astype(np.float32) for name, values in schedule_inputs(manifest.plan()).items()})
+    schedule = schedule_inputs(manifest.step_plan())
+    feeds.update({name: values[:1].astype(np.float32) for name, values in schedule.items()})
     assert set(feeds) == set(COMPONENT_IO["denoise_step"].inputs)
     return feeds
 

@@ -2,14 +2,15 @@
 
     python -m benchmarks.sweep --model MODEL_DIR --data PATH [--run RUN_DIR] [--out DIR]
         [--backends torch,onnxruntime,tensorrt] [--precisions fp32,fp16] [--start-t 999,701,501,301,101]
-        [--steps 10,5,3,2,1] [--batch-sizes 1,4,8] [--limit N] [--peak-tflops X] [--device cuda:0]
+        [--steps 10,5,3,2,1,0] [--batch-sizes 1,4,8] [--limit N] [--peak-tflops X] [--device cuda:0]
 
 Per (backend, precision, start_t, steps) the test images are scored once at the first batch size: that pass gives
 I-AUROC, P-AUROC and AU-PRO (the multi-class mean over classes) and its latencies. The other batch sizes only
-time ``--latency-batches`` batches: with the fixed seeded noise the scores do not depend on batching. Every
-backend also runs the VAE-only baseline (encode, decode, score). With ``--run``, PyTorch eager and the reference
-inference as released (:mod:`benchmarks.reference`) run too, and every row shows its speedup over the reference's
-p50 latency; FLOPs per image come from the PyTorch modules. Latency per image is a batch's wall time (outputs on
+time ``--latency-batches`` batches: with the fixed seeded noise the scores do not depend on batching. Steps 0
+is the VAE-only plan (encode, decode the clean latent, score; one configuration whatever the start timesteps),
+run by each backend's ``run`` like every other plan and listed as method ``vae-only``. With ``--run``, PyTorch
+eager and the reference inference as released (:mod:`benchmarks.reference`) run too, and every row shows its
+speedup over the reference's p50 latency; FLOPs per image come from the PyTorch modules. Latency per image is a batch's wall time (outputs on
 the host) over its size, after ``--warmup`` batches. Peak memory: the process's RSS high-water mark during the
 configuration (reset per configuration through /proc/self/clear_refs; it includes memory that earlier
 configurations' allocators, e.g. ONNX Runtime's arenas, still hold), and PyTorch's CUDA peak on GPU.
@@ -50,9 +51,9 @@ from training.evaluate import limit_per_class
 
 DEFAULTS = {
     "backends": "torch,onnxruntime,tensorrt", "precisions": "fp32,fp16", "start_t": "999,701,501,301,101",
-    "steps": "10,5,3,2,1", "batch_sizes": "1,4,8",
+    "steps": "10,5,3,2,1,0", "batch_sizes": "1,4,8",
 }
-VAE_ONLY = "vae-only"
+VAE_ONLY = "vae-only"  # the method of the VAE-only plan's rows (steps 0)
 
 
 @dataclass
@@ -82,9 +83,9 @@ class TestSet:
 class Row:
     backend: str
     precision: str
-    method: str  # "diad", "vae-only" or "reference"
-    start_t: int | None
-    steps: int | None
+    method: str  # "diad", "vae-only" (steps 0) or "reference"
+    start_t: int | None  # None: the VAE-only plan noises nothing
+    steps: int
     batch: int
     p50_ms: float
     p95_ms: float
@@ -192,12 +193,12 @@ def accuracy(out: BackendOutput, data: TestSet) -> dict[str, float]:
 
 
 def make_row(
-    backend: str, precision: str, method: str, plan: DDIMPlan | None, batch: int, latencies: list[float],
+    backend: str, precision: str, method: str, plan: DDIMPlan, batch: int, latencies: list[float],
     stages: dict[str, float], scores: dict[str, float], gpu_mib: float | None,
 ) -> Row:
     lat = np.asarray(latencies) * 1e3
     return Row(
-        backend, precision, method, plan.start_t if plan else None, len(plan.timesteps) if plan else None, batch,
+        backend, precision, method, None if plan.vae_only else plan.start_t, plan.steps, batch,
         float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), float(1e3 / lat.mean()),
         {k: v * 1e3 for k, v in stages.items()}, status_mib("VmHWM"), gpu_mib, **scores,
     )
@@ -222,17 +223,13 @@ def sweep_backend(
     name: str, backend: Any, precision: str, args: argparse.Namespace, data: TestSet, noise: np.ndarray,
     bar: tqdm, keep: Callable[[Row], None],
 ) -> None:
-    """Every configuration of one backend, each row handed to ``keep`` as it completes."""
-    configs: list[tuple[str, DDIMPlan | None]] = [("diad", ddim_plan(s, t)) for t in args.start_t for s in args.steps]
-    if hasattr(backend, "run_vae_only"):
-        configs.append((VAE_ONLY, None))
-    for method, plan in configs:
-        if method == VAE_ONLY:
-            def run(x: np.ndarray) -> BackendOutput:
-                return backend.run_vae_only(x)
-        else:
-            def run(x: np.ndarray, plan: DDIMPlan = plan) -> BackendOutput:
-                return backend.run(x, plan, noise)
+    """Every plan of ``args.plans`` on one backend, each row handed to ``keep`` as it completes."""
+    for plan in args.plans:
+        method = VAE_ONLY if plan.vae_only else "diad"
+
+        def run(x: np.ndarray, plan: DDIMPlan = plan) -> BackendOutput:
+            return backend.run(x, plan, noise)
+
         scores: dict[str, float] = {}
         for k, batch in enumerate(args.batch_sizes):
             reset_peak()
@@ -265,7 +262,7 @@ def add_flops_and_speedups(rows: list[Row], args: argparse.Namespace) -> dict[st
             if row.method == "reference":
                 total = reference_flops(flops)
             else:
-                total = pipeline_flops(flops, row.steps or 0, vae_only=row.method == VAE_ONLY)
+                total = pipeline_flops(flops, row.steps, vae_only=row.method == VAE_ONLY)
             row.gflops = total / 1e9
             if args.peak_tflops:
                 row.peak_fraction = total / (row.p50_ms / 1e3) / (args.peak_tflops * 1e12)
@@ -291,7 +288,7 @@ def markdown(rows: list[Row], skipped: dict[str, str], header: str) -> str:
     for r in rows:
         stages = " | ".join(fmt(r.stages_ms[s], 1) for s in STAGES)
         lines.append(
-            f"| {r.backend} | {r.precision} | {r.method} | {r.start_t or '-'} | {r.steps or '-'} | {r.batch} "
+            f"| {r.backend} | {r.precision} | {r.method} | {r.start_t or '-'} | {r.steps} | {r.batch} "
             f"| {fmt(r.p50_ms, 1)} | {fmt(r.p95_ms, 1)} | {fmt(r.images_per_s, 2)} | {stages} | {fmt(r.peak_rss_mib, 0)} "
             f"| {fmt(r.i_auroc)} | {fmt(r.p_auroc)} | {fmt(r.aupro)} | {fmt(r.gflops, 1)} "
             f"| {fmt(r.speedup, 2) + 'x' if r.speedup else '-'} |"
@@ -384,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, default=default, help=f"comma-separated (default {default})")
+        note = "; 0: VAE-only plan (no diffusion)" if name == "steps" else ""
+        parser.add_argument(flag, default=default, help=f"comma-separated (default {default}{note})")
     parser.add_argument("--limit", type=int, help="test images per class (default all)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up batches per configuration (default 1)")
     parser.add_argument("--latency-batches", type=int, default=3,
@@ -403,12 +401,23 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def sweep_plans(start_ts: Sequence[int], steps: Sequence[int]) -> list[DDIMPlan]:
+    """The plans of the grid, start timestep by start timestep; steps 0 (the VAE-only plan, which noises nothing)
+    once, last. ``ValueError`` for a plan the schedule cannot make."""
+    plans = [ddim_plan(s, t) for t in start_ts for s in steps if s != 0]
+    return plans + ([ddim_plan(0)] if 0 in steps else [])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     args.precisions = [p for p in args.precisions.split(",") if p]
     args.start_t, args.steps, args.batch_sizes = ints(args.start_t), ints(args.steps), ints(args.batch_sizes)
+    try:
+        args.plans = sweep_plans(args.start_t, args.steps)
+    except ValueError as exc:
+        parser.error(f"--steps / --start-t: {exc}")
     out = Path(args.out)
     manifest = Manifest.load(args.model)
     args.model_for = {manifest.precision: args.model}
@@ -432,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
         write_tables(out, rows, skipped, info)
 
-    per_backend = (len(args.start_t) * len(args.steps) + 1) * len(args.batch_sizes)
+    per_backend = len(args.plans) * len(args.batch_sizes)
     with tqdm(total=per_backend * len(args.backends) * len(args.precisions), desc="sweep", unit="cfg") as bar:
         for precision in args.precisions:
             backends, missing = open_backends(args, precision)

@@ -1,7 +1,8 @@
 """PyTorch eager inference behind the runtime's backend interface, so the sweep times every backend alike.
 
 ``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise with each draw, hint once,
-DDIM without guidance on every draw at once, mean over draws, decode, score) with per-stage synchronised timing;
+DDIM without guidance on every draw at once, mean over draws, decode, score; the VAE-only plan: encode, decode,
+score) with per-stage synchronised timing;
 on CUDA it can capture the DDIM loop as one CUDA graph (``cuda_graph=True``; otherwise each step is synchronised
 and timed on its own). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast FP16
 kernels and the sweep skips it). The loop takes each step's timestep and alphas as device tensors made once per
@@ -104,8 +105,28 @@ class TorchBackend:
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
+        """The pipeline on one batch; the VAE-only plan decodes the clean latent (no noise, hint or step)."""
         seconds: dict[str, float] = {}
         image = torch.from_numpy(images).to(self.device, self.dtype)
+        step_seconds: list[float] = []
+        if plan.vae_only:
+            sample = self._timed(seconds, "encode", lambda: self.model.vae.encode_mean(image))
+            seconds["steps"] = 0.0
+        else:
+            sample = self._diffuse(image, plan, noise, seconds, step_seconds)
+        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
+        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
+        return BackendOutput(
+            amap.float().cpu().numpy(), score.float().cpu().numpy(),
+            recon.float().cpu().numpy() if keep_reconstruction else None, seconds, step_seconds,
+        )
+
+    def _diffuse(
+        self, image: torch.Tensor, plan: DDIMPlan, noise: np.ndarray, seconds: dict[str, float],
+        step_seconds: list[float],
+    ) -> torch.Tensor:
+        """Encode (latent and hint), noise with each draw, the DDIM loop on every draw at once, the mean over
+        draws: the sample latent (``encode`` and ``steps`` timed into ``seconds``)."""
         draws = torch.from_numpy(as_draws(noise)).to(self.device, self.dtype)
 
         def encode() -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,28 +135,12 @@ class TorchBackend:
             return noised, self.model.sg.encode_hint(image).repeat(len(draws), 1, 1, 1)
 
         noised, hint = self._timed(seconds, "encode", encode)
-        step_seconds: list[float] = []
         if self.cuda_graph:
             sample = self._timed(seconds, "steps", lambda: self._graph_loop(noised, hint, plan))
         else:
             steps = self._step_tensors(plan)
             sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, steps, step_seconds))
-        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(mean_of_draws(sample, len(draws))))
-        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
-        return BackendOutput(
-            amap.float().cpu().numpy(), score.float().cpu().numpy(),
-            recon.float().cpu().numpy() if keep_reconstruction else None, seconds, step_seconds,
-        )
-
-    @torch.inference_mode()
-    def run_vae_only(self, images: np.ndarray) -> BackendOutput:
-        """The baseline without diffusion: encode, decode the clean latent, score."""
-        seconds = {"steps": 0.0}
-        image = torch.from_numpy(images).to(self.device, self.dtype)
-        latent = self._timed(seconds, "encode", lambda: self.model.vae.encode_mean(image))
-        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(latent))
-        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
-        return BackendOutput(amap.float().cpu().numpy(), score.float().cpu().numpy(), None, seconds)
+        return mean_of_draws(sample, len(draws))
 
     def close(self) -> None:
         self._graphs.clear()

@@ -10,8 +10,11 @@ from export.onnx import DEFAULT_OPSET
 from export.parity import check_parity, format_parity, parity
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError
+from runtime.schedule import DDIMPlan
+from training.models.normal_statistics import NormalStatistics, StatisticsSettings
 from training.models.scorer import seeded_scorer
 from training.run_folder import RunFolder
+from training.statistics import add_statistics_arguments, chosen_statistics, plan_name, statistics_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                         help="graph precision (default fp32; INT8: python -m export.quantize on the FP32 folder)")
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the runtime may use (default 8)")
-    parser.add_argument("--steps", type=int, help="DDIM steps recorded as default (default: the run's config)")
+    parser.add_argument("--steps", type=int,
+                        help="DDIM steps recorded as default (default: the run's config); 0: VAE-only plan (no "
+                        "diffusion). Every graph is exported whatever the default, so --steps N of the runtime "
+                        "switches back to DDIM")
     parser.add_argument("--start-t", type=int, help="start timestep recorded as default (default: the run's)")
     parser.add_argument("--draws", type=int,
                         help="noise draws per image, their sample latents averaged (default: the run's config)")
+    add_statistics_arguments(parser)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -33,6 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(export.parity.TOLERANCE; default on)",
     )
     return parser
+
+
+def saved_statistics(
+    run: RunFolder, settings: StatisticsSettings | None, plan: DDIMPlan, draws: int | None
+) -> NormalStatistics | None:
+    """The run's normal statistics ``settings`` for ``plan`` (None: ``1 - cos``); missing ones are a
+    :class:`CheckpointError` with the command that fits them."""
+    if settings is None:
+        return None
+    config = run.model_config()
+    draws = config.inference.draws if draws is None else draws
+    path = statistics_path(run, settings, plan_name(plan.steps, plan.start_t, draws))
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: missing; the scorer measures against normal statistics, fit them for this plan first: "
+            f"python -m training.statistics --run {run.root} --data DATA --kind {settings.kind} --scope "
+            f"{settings.scope} --steps {plan.steps} --start-t {plan.start_t} --draws {draws}"
+        )
+    return NormalStatistics.load(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = run.load_model("cpu")
     config = model.config
     scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
+    wanted = chosen_statistics(config.scorer, args.statistics, args.statistics_scope)
+    scorer.use_statistics(saved_statistics(run, wanted, export_plan(config, args.steps, args.start_t), args.draws))
     manifest, exported = write_model_folder(
         model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
         source=str(Path(args.run).resolve()), draws=args.draws,
@@ -65,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for e in exported:
         print(f"| {e.name} | {', '.join(f.name for f in e.files)} | {e.bytes / 2**20:.1f} | {e.seconds:.1f} |")
     plan = manifest.plan()
-    print(f"DDIM {len(plan.timesteps)} steps from t={plan.start_t}: {plan.timesteps.tolist()}, "
-          f"{manifest.draws} noise draw(s) averaged")
+    if plan.vae_only:
+        print(f"default plan {plan.label}: encode, decode the clean latent, score; every graph is exported, "
+              "--steps N switches back to DDIM")
+    else:
+        print(f"default plan {plan.label}: {plan.timesteps.tolist()}, {manifest.draws} noise draw(s) averaged")
     if args.verify:
         results = parity(model, scorer, manifest)
         print(format_parity(results), end="")

@@ -58,9 +58,10 @@ def tensorrt_unavailable(device: int = 0) -> str | None:
 
 
 def random_inputs(manifest: Manifest, component: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Float32 inputs at ``batch``: N(0, 1), except timestep/alphas, which take the manifest plan's values."""
+    """Float32 inputs at ``batch``: N(0, 1), except timestep/alphas, which cycle through the steps of
+    :meth:`Manifest.step_plan` (the manifest's plan, or a DDIM plan where that is VAE-only)."""
     rng = np.random.default_rng(seed)
-    plan = manifest.plan()
+    plan = manifest.step_plan()
     steps = np.arange(batch) % len(plan.timesteps)
     schedule = {name: values[steps] for name, values in schedule_inputs(plan).items()}
     feed = {}

@@ -67,7 +67,8 @@ def check_options(precision: str, max_batch: int, opset: int, draws: int | None 
 
 
 def export_plan(config: ModelConfig, steps: int | None = None, start_t: int | None = None) -> DDIMPlan:
-    """The DDIM plan a model folder records: ``steps`` / ``start_t`` or, where ``None``, the run's own."""
+    """The DDIM plan a model folder records: ``steps`` / ``start_t`` or, where ``None``, the run's own (``steps``
+    0: the VAE-only plan; the folder still holds every graph, so the runtime's ``steps=N`` can switch back)."""
     return ddim_plan(
         config.inference.steps if steps is None else steps, config.inference.start_t if start_t is None else start_t
     )
@@ -106,6 +107,18 @@ def export_one(component: Component, out: Path, precision: str, opset: int) -> E
         files = save(to_fp16(path, fp32_scopes(component.module)), path)
         check(path)
     return ExportedComponent(component.name, files, time.perf_counter() - start)
+
+
+def statistics_entry(scorer: FeatureScorer) -> dict:
+    """The manifest's record of the scorer's normal statistics (none: an empty dict)."""
+    statistics = scorer.statistics
+    if statistics is None:
+        return {}
+    info, settings = statistics.info, statistics.settings
+    plan = {"steps": int(info["steps"]), "start_t": 0 if info["steps"] == 0 else int(info["start_t"]),
+            "draws": int(info["draws"])}
+    record = {"kind": settings.kind, "scope": settings.scope, "channels": settings.channels, "plan": plan}
+    return {"statistics": {**record, **{k: info[k] for k in ("images", "data") if k in info}}}
 
 
 def write_model_folder(
@@ -186,6 +199,7 @@ def write_model_folder(
             "backbone": config.scorer.backbone,
             "layers": list(config.scorer.layers),
             "weights": scorer.weights,
+            **statistics_entry(scorer),
         },
         "components": {name: entries[name] for name in COMPONENTS},
         "engines": {},

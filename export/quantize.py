@@ -10,8 +10,9 @@ Conv (ConvInteger, often slower than ONNX Runtime's FP32 Conv on the CPU) and ``
 
 The new folder holds the quantised graphs and copies of the others; its manifest says ``"precision": "int8"`` and
 records what was quantised and the parity measured. Parity: both folders run the whole pipeline on ONNX Runtime
-(CPU) on seeded random images with the manifest's DDIM plan; the largest score difference relative to the
-largest FP32 score must stay within :data:`SCORE_TOLERANCE` (else :class:`ParityError`, the folder is removed).
+(CPU) on seeded random images with the manifest's plan and, where that is VAE-only (it never calls ``denoise_step``),
+also with :meth:`runtime.manifest.Manifest.step_plan`'s DDIM plan; the largest score difference over both relative to
+the largest FP32 score must stay within :data:`SCORE_TOLERANCE` (else :class:`ParityError`, the folder is removed).
 """
 from __future__ import annotations
 
@@ -83,18 +84,23 @@ def quantize_graph(
 
 
 def score_parity(reference: Manifest, quantized: Manifest, images: int = 2, seed: int = 0) -> ScoreParity:
-    """Both folders' whole pipelines (ONNX Runtime CPU, the manifest's plan) on the same seeded random images."""
+    """Both folders' whole pipelines (ONNX Runtime CPU) on the same seeded random images, with the manifest's plan
+    and, where that is VAE-only, also with :meth:`Manifest.step_plan` (so that ``denoise_step`` runs)."""
     size = reference.image_size
     batch = np.random.default_rng(seed).standard_normal((images, 3, size, size), np.float32)
     noise = reference.noise()
-    outputs = []
+    plans = [reference.plan()]
+    if plans[0].vae_only:
+        plans.append(reference.step_plan())
+    scores, maps = [], []
     for manifest in (reference, quantized):
         backend = OnnxRuntimeBackend(manifest, "cpu")
-        outputs.append(backend.run(batch, manifest.plan(), noise))
+        results = [backend.run(batch, plan, noise) for plan in plans]
         backend.close()
-    fp32, int8 = outputs
-    return ScoreParity(float(np.abs(int8.score - fp32.score).max()), float(np.abs(fp32.score).max()),
-                       float(np.abs(int8.anomaly_map - fp32.anomaly_map).max()), float(np.abs(fp32.anomaly_map).max()))
+        scores.append(np.concatenate([r.score for r in results]))
+        maps.append(np.concatenate([r.anomaly_map for r in results]))
+    return ScoreParity(float(np.abs(scores[1] - scores[0]).max()), float(np.abs(scores[0]).max()),
+                       float(np.abs(maps[1] - maps[0]).max()), float(np.abs(maps[0]).max()))
 
 
 def quantize_folder(

@@ -63,6 +63,7 @@ from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_image_file, is
 from runtime.limits import Limits
 from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
+from runtime.schedule import plan_label
 
 GROUND_TRUTH = "ground_truth"
 MIN_IMAGES = 2  # readable normal images: fewer leave nothing to normalise pred_score with
@@ -455,7 +456,7 @@ def calibrate(
     image, pixel, method = image_fpr["threshold"], pixel_fpr_stats["threshold"], "fpr"
     scores, maps, skipped = [calib.scores], [calib.maps], len(calib.skipped)
     details: dict[str, Any] = {
-        "plan": {"steps": len(detector.plan.timesteps), "start_t": int(detector.plan.start_t)},
+        "plan": detector.plan.brief,
         "calibration": {"images": len(calib.images), "skipped": calib.skipped},
         "fpr_rule": {"image": image_fpr, "pixel": pixel_fpr_stats},
     }
@@ -535,7 +536,7 @@ def report(thresholds: Thresholds) -> str:
     calib, rule, frr = d["calibration"], d["fpr_rule"], d["false_reject_rate"]
     header = (
         f"calibration: {calib['images']} normal images ({len(calib['skipped'])} unreadable skipped), "
-        f"DDIM {d['plan']['steps']} steps from t={d['plan']['start_t']}; method {thresholds.method}"
+        f"{plan_label(d['plan']['steps'], d['plan']['start_t'])}; method {thresholds.method}"
     )
     lines = [header]
     lines += [f"  skipped {reason}" for reason in calib["skipped"]]
@@ -586,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also an image threshold per class (the folder above train/ or test/, Data/ or good/); frames "
                              "are judged by the nearest class's threshold")
     add_backend_arguments(parser)
-    parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's)")
+    parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's; 0: VAE-only "
+                        "plan (no diffusion))")
     parser.add_argument("--start-t", type=int, help="start timestep to calibrate for (default: the manifest's)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default the manifest's max_batch)")
     parser.add_argument("--dry-run", action="store_true", help="print the thresholds, leave the manifest unchanged")

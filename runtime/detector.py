@@ -18,7 +18,7 @@ from runtime.errors import BackendError, FrameError, ModelFolderError
 from runtime.limits import Limits
 from runtime.manifest import Manifest, Thresholds
 from runtime.preprocess import check_rgb, preprocess
-from runtime.schedule import DDIMPlan
+from runtime.schedule import DDIMPlan, plan_label
 from runtime.scoring import normalize_to_threshold
 
 
@@ -65,8 +65,16 @@ class FrameScorer(Protocol):
 def model_summary(manifest: Manifest, plan: DDIMPlan) -> dict:
     """A model folder's preset, DDIM ``plan``, noise draws and scorer (backbone, layers, weights), for summaries."""
     data = manifest.data
-    return {"preset": data.get("preset"), "start_t": int(plan.start_t), "steps": len(plan.timesteps),
-            "draws": manifest.draws, "scorer": data.get("scorer", {})}
+    return {"preset": data.get("preset"), **plan.brief, "draws": manifest.draws, "scorer": data.get("scorer", {})}
+
+
+def runnable_plan(manifest: Manifest, steps: int | None = None, start_t: int | None = None) -> DDIMPlan:
+    """``manifest``'s plan with ``steps`` / ``start_t`` overridden (``steps`` 0: the VAE-only plan); a plan the
+    schedule cannot make is a :class:`ModelFolderError` naming the folder."""
+    try:
+        return manifest.plan(steps, start_t)
+    except ValueError as exc:
+        raise ModelFolderError(f"{manifest.root}: cannot run DDIM steps={steps}, start_t={start_t}: {exc}") from None
 
 
 def make_backend(manifest: Manifest, backend: str, device: str | None, provider: str | None = None) -> Backend:
@@ -88,7 +96,8 @@ def make_backend(manifest: Manifest, backend: str, device: str | None, provider:
 class Detector:
     """Score images with a model folder.
 
-    ``steps`` / ``start_t`` override the manifest's DDIM plan; the diffusion noise is the manifest's fixed
+    ``steps`` / ``start_t`` override the manifest's DDIM plan (``steps=0``: the VAE-only plan, encode -> decode
+    the clean latent -> score, no diffusion); the diffusion noise is the manifest's fixed
     seeded draws, so one image always gets the same score, alone or in any batch. Frames over ``limits`` (default
     :class:`Limits`) are refused with a :class:`~runtime.errors.LimitError`.
     """
@@ -106,12 +115,7 @@ class Detector:
     ):
         self.manifest = Manifest.load(model_dir, verify)
         self.limits = limits or Limits()
-        try:
-            self.plan = self.manifest.plan(steps, start_t)
-        except ValueError as exc:
-            raise ModelFolderError(
-                f"{self.manifest.root}: cannot run DDIM steps={steps}, start_t={start_t}: {exc}"
-            ) from None
+        self.plan = runnable_plan(self.manifest, steps, start_t)
         self.noise = self.manifest.noise()
         self.backend = make_backend(self.manifest, backend, device, provider)
         self._chunks: deque[int] = deque()  # per submitted batch, its chunks
@@ -119,12 +123,19 @@ class Detector:
         self._collected: deque[BackendOutput] = deque()  # chunks collected ahead of their batch
         self.thresholds = self.manifest.thresholds
         calibrated_plan = self.thresholds.details.get("plan")
-        ours = {"steps": len(self.plan.timesteps), "start_t": int(self.plan.start_t)}
-        if self.thresholds.calibrated and calibrated_plan and calibrated_plan != ours:
+        if self.thresholds.calibrated and calibrated_plan and calibrated_plan != self.plan.brief:
             warnings.warn(
-                f"{self.manifest.root}: thresholds were calibrated with DDIM {calibrated_plan}, this detector runs "
-                f"{ours}; raw scores shift with the plan, so labels and masks may be wrong. Recalibrate with "
-                "python -m runtime.calibrate using the same --steps/--start-t.",
+                f"{self.manifest.root}: thresholds were calibrated with {_plan_text(calibrated_plan)}, this "
+                f"detector runs {self.plan.label}; raw scores shift with the plan, so labels and masks may be wrong. "
+                "Recalibrate with python -m runtime.calibrate using the same --steps/--start-t.",
+                stacklevel=2,
+            )
+        fitted = self.manifest.data.get("scorer", {}).get("statistics", {}).get("plan")
+        if fitted and {"steps": fitted["steps"], "start_t": fitted["start_t"]} != self.plan.brief:
+            warnings.warn(
+                f"{self.manifest.root}: the scorer measures reconstructions against normal statistics fitted for "
+                f"{_plan_text(fitted)}, this detector runs {self.plan.label}, whose reconstructions differ; export a "
+                "folder for that plan instead (python -m export --steps/--start-t).",
                 stacklevel=2,
             )
 
@@ -248,6 +259,13 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _plan_text(recorded: Any) -> str:
+    """A calibration's recorded plan (``{"steps", "start_t"}``) in words; anything else as it is."""
+    if isinstance(recorded, dict) and {"steps", "start_t"} <= set(recorded):
+        return plan_label(recorded["steps"], recorded["start_t"])
+    return str(recorded)
 
 
 def _frames(images: object) -> list[np.ndarray]:

@@ -276,11 +276,21 @@ class Manifest:
 
     @property
     def start_t(self) -> int:
-        return int(self.data["schedule"]["start_t"])
+        """The start timestep of plans made from this manifest: the recorded one, or the reference's (999) where
+        the manifest records the VAE-only plan (start_t 0), so that ``plan(steps=N)`` switches back to DDIM."""
+        recorded = int(self.data["schedule"]["start_t"])
+        return recorded if recorded else NUM_TRAIN_TIMESTEPS - 1
 
     def plan(self, steps: int | None = None, start_t: int | None = None) -> DDIMPlan:
-        """The DDIM plan: the manifest's own, or another ``steps`` / ``start_t`` from the same schedule."""
+        """The DDIM plan: the manifest's own, or another ``steps`` / ``start_t`` from the same schedule (``steps``
+        0: the VAE-only plan, :func:`runtime.schedule.ddim_plan`)."""
         return ddim_plan(self.steps if steps is None else steps, self.start_t if start_t is None else start_t)
+
+    def step_plan(self) -> DDIMPlan:
+        """The plan that feeds ``denoise_step``'s schedule inputs outside inference (checks, benchmarks, parity):
+        the manifest's, or where that is VAE-only (no step), the default DDIM plan from :attr:`start_t`."""
+        plan = self.plan()
+        return ddim_plan(start_t=self.start_t) if plan.vae_only else plan
 
     @property
     def thresholds(self) -> Thresholds:
@@ -345,7 +355,8 @@ def schedule_inputs(plan: DDIMPlan) -> dict[str, np.ndarray]:
 
 
 def _check_plan(manifest: Manifest) -> None:
-    """The manifest's DDIM numbers must be the ones this runtime's schedule computes."""
+    """The manifest's DDIM numbers must be the ones this runtime's schedule computes (none for the VAE-only
+    plan)."""
     recorded = manifest.data["schedule"]
     try:
         plan = manifest.plan()
@@ -407,6 +418,9 @@ def _check_consistency(data: dict[str, Any]) -> None:
     schedule = data["schedule"]
     if not len(schedule["timesteps"]) == len(schedule["alphas"]) == len(schedule["alphas_prev"]):
         raise SchemaError("schedule: timesteps, alphas and alphas_prev must have one value per DDIM step")
+    if (schedule["start_t"] == 0) != (not schedule["timesteps"]):
+        raise SchemaError(f"schedule: start_t {shown(schedule['start_t'])} with {len(schedule['timesteps'])} DDIM "
+                          "step(s); start_t is 0 exactly for the VAE-only plan (no timesteps)")
     thresholds = data.get("thresholds") or {}
     for kind in ("image", "pixel"):
         if thresholds.get(kind) is None:
@@ -442,7 +456,7 @@ _FILE = {"file": _file_name, "bytes": integer(0, 1 << 50), "sha256": string(patt
 _DIMENSION = either(string([BATCH_AXIS]), integer(1, 1 << 16), expected=f'"{BATCH_AXIS}" or an integer in [1, 65536]')
 _TENSORS = mapping(array(_DIMENSION, 1, 8), max_length=16)
 _SHAPE = array(integer(1, 4096), 3, 3)
-_ALPHAS = array(number(0, 1), 1, NUM_TRAIN_TIMESTEPS)
+_ALPHAS = array(number(0, 1), 0, NUM_TRAIN_TIMESTEPS)  # empty: the VAE-only plan
 _COMPONENT = obj({**_FILE, "inputs": _TENSORS, "outputs": _TENSORS}, {"external_data": array(obj(_FILE), 0, 1024)})
 _ENGINE = obj(
     {**_FILE, "tensorrt": string(max_length=64), "compute_capability": string(pattern=r"\d{1,3}\.\d{1,3}")},
@@ -466,6 +480,12 @@ _QUANTIZATION = obj(
     {"weights": string(max_length=64), "activations": string(max_length=64), "per_channel": boolean,
      "reduce_range": boolean, "parity": mapping(number())},
 )
+_STATISTICS = obj(  # the scorer's normal statistics (training.models.normal_statistics), fitted for one plan
+    {"kind": string(["residual", "joint"]), "scope": string(["position", "shared"]), "channels": integer(1, 4096),
+     "plan": obj({"steps": integer(0, NUM_TRAIN_TIMESTEPS), "start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1)},
+                 {"draws": integer(1, MAX_DRAWS)})},
+    {"images": integer(1, 2**31), "data": string()},
+)
 SCHEMA = obj(
     {
         "format": string([FORMAT]),
@@ -476,8 +496,8 @@ SCHEMA = obj(
         "precision": string(PRECISIONS),
         "max_batch": integer(1, MAX_BATCH),
         "schedule": obj(
-            {"start_t": integer(1, NUM_TRAIN_TIMESTEPS - 1),
-             "timesteps": array(integer(0, NUM_TRAIN_TIMESTEPS - 1), 1, NUM_TRAIN_TIMESTEPS),
+            {"start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1),  # 0 with no timesteps: the VAE-only plan
+             "timesteps": array(integer(0, NUM_TRAIN_TIMESTEPS - 1), 0, NUM_TRAIN_TIMESTEPS),
              "alphas": _ALPHAS, "alphas_prev": _ALPHAS},
             {"start_alpha": number(0, 1), "beta_schedule": string(["scaled_linear"]), "beta_start": number(0, 1),
              "beta_end": number(0, 1), "num_train_timesteps": integer(NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS),
@@ -496,7 +516,7 @@ SCHEMA = obj(
                               "resize": string(max_length=64)}),
         "opset": integer(1, 1000),
         "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
-                       "weights": nullable(string())}),
+                       "weights": nullable(string())}, {"statistics": _STATISTICS}),
         "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENTS}),
         "thresholds": _THRESHOLDS,
         "versions": mapping(string(max_length=256), max_length=256),

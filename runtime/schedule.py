@@ -7,6 +7,8 @@ betas are ``linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2``; inference noises 
 runs DDIM (eta = 0) over the "leading" grid ``tau = 1 + k * (1000 // steps)``, i.e. 901, 801, ..., 1 for 10
 steps; the last step goes to ``alphas_cumprod[0]``. With a start timestep ``start_t`` other than 999 the same grid
 is laid over ``start_t + 1`` training steps, so the default reproduces the reference exactly.
+
+Zero steps is the VAE-only plan: no noise and no DDIM step, the clean latent is decoded and scored.
 """
 from __future__ import annotations
 
@@ -56,6 +58,26 @@ class DDIMPlan:
     alphas_prev: np.ndarray
 
     @property
+    def steps(self) -> int:
+        """The number of DDIM steps (0: the VAE-only plan)."""
+        return len(self.timesteps)
+
+    @property
+    def vae_only(self) -> bool:
+        """True for the VAE-only plan: no DDIM step, the clean latent is decoded (no noise, no hint)."""
+        return self.steps == 0
+
+    @property
+    def brief(self) -> dict[str, int]:
+        """``{"steps", "start_t"}``: what calibration records and the detector compares."""
+        return {"steps": self.steps, "start_t": int(self.start_t)}
+
+    @property
+    def label(self) -> str:
+        """The plan in words (:func:`plan_label`)."""
+        return plan_label(self.steps, self.start_t)
+
+    @property
     def noise_scales(self) -> tuple[float, float]:
         """``(sqrt(alpha_bar_start), sqrt(1 - alpha_bar_start))``: the q_sample coefficients."""
         return float(np.sqrt(self.start_alpha)), float(np.sqrt(1.0 - self.start_alpha))
@@ -71,12 +93,24 @@ class DDIMPlan:
 
 
 def ddim_plan(steps: int = 10, start_t: int = NUM_TRAIN_TIMESTEPS - 1) -> DDIMPlan:
-    """The DDIM plan for ``steps`` steps after noising to ``start_t`` (eta = 0, final alpha = alpha_bar_0)."""
+    """The DDIM plan for ``steps`` steps after noising to ``start_t`` (eta = 0, final alpha = alpha_bar_0).
+
+    ``steps`` 0 gives the VAE-only plan (``start_t`` ignored): start_t 0, start_alpha 1, no timesteps."""
+    if steps == 0:
+        empty = np.zeros(0, np.float64)
+        return DDIMPlan(0, 1.0, np.zeros(0, np.int64), empty, empty.copy())
+    if steps < 0:
+        raise ValueError(f"DDIM steps {steps}: expected 0 (the VAE-only plan, no diffusion) or more")
     acp = alphas_cumprod()
     taus = ddim_timesteps(steps, start_t)
     prev = np.concatenate([taus[1:], [-1]])
     alphas_prev = np.where(prev >= 0, acp[np.maximum(prev, 0)], acp[0])
     return DDIMPlan(int(start_t), float(acp[start_t]), taus, acp[taus], alphas_prev)
+
+
+def plan_label(steps: int, start_t: int) -> str:
+    """A plan in words for summaries: "VAE-only (no DDIM steps)" or "DDIM 10 steps from t=999"."""
+    return "VAE-only (no DDIM steps)" if steps == 0 else f"DDIM {steps} steps from t={start_t}"
 
 
 def q_sample(latent: np.ndarray, noise: np.ndarray, alpha_bar: float) -> np.ndarray:

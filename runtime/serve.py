@@ -1,15 +1,16 @@
 """``python -m runtime.serve``: serve a model folder from NVIDIA Triton Inference Server.
 
     python -m runtime.serve --model models/tiny [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
-        [--max-batch N] [--max-queue-delay-us U] [--instances K] [--http-port 8000 --grpc-port 8001
-        --metrics-port 8002]
+        [--steps N] [--start-t T] [--max-batch N] [--max-queue-delay-us U] [--instances K]
+        [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
 
 One server batches the frames of many cameras (``python -m runtime.stream --server grpc://HOST:8001``). The
 model takes ``frames``, ``uint8 (H, W, 3)`` of any size (pre-processed by the runtime on the server), and answers
 ``score``, ``pred_score``, ``pred_label`` and, when asked, ``anomaly_map``, ``pred_mask`` and ``raw_map``.
 Triton's dynamic batcher joins requests of frames of one size into batches of up to ``--max-batch`` (default the
 model folder's ``max_batch``), waiting at most ``--max-queue-delay-us`` for a batch to fill; ``--instances``
-model instances (each its own process and detector) run batches concurrently. The model's version is the
+model instances (each its own process and detector) run batches concurrently; ``--steps`` / ``--start-t`` choose
+the plan they run (``--steps 0``: the VAE-only plan, no diffusion). The model's version is the
 manifest's hash (:mod:`runtime.serving.repository`). Triton's endpoints: ``/v2/health/live`` and
 ``/v2/health/ready`` (HTTP), its statistics, and Prometheus metrics on ``http://HOST:METRICS_PORT/metrics``.
 SIGTERM or SIGINT: Triton stops taking requests, finishes those in flight (at most ``--exit-timeout-s``) and the
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.cli import add_backend_arguments, run_cli
-from runtime.detector import model_summary
+from runtime.detector import model_summary, runnable_plan
 from runtime.errors import ServerError
 from runtime.limits import Limits
 from runtime.manifest import Manifest
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
     add_backend_arguments(parser)
+    parser.add_argument("--steps", type=int,
+                        help="DDIM steps (default: the model folder's; 0: VAE-only plan (no diffusion))")
+    parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
     parser.add_argument("--name", default="diad", help="the model's name on the server (default diad)")
     parser.add_argument("--max-batch", type=int, help="largest batch Triton forms (default: the model folder's)")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000,
@@ -95,7 +99,7 @@ def served_model(args: argparse.Namespace, manifest: Manifest) -> ServedModel:
         raise ServerError(f"--max-batch {max_batch}: {manifest.root} runs batches of at most {manifest.max_batch} "
                           "(its max_batch; export it again with a larger --max-batch)")
     return ServedModel(manifest.root, args.backend, args.device, args.provider, max_batch, args.max_queue_delay_us,
-                       args.instances, Limits.from_args(args), args.name)
+                       args.instances, Limits.from_args(args), args.name, args.steps, args.start_t)
 
 
 def server_command(binary: Path, repository: Path, backends: Path, args: argparse.Namespace) -> list[str]:
@@ -136,10 +140,11 @@ def serve(args: argparse.Namespace) -> int:
     require_model_folder(args.model)
     manifest = Manifest.load(args.model)
     model = served_model(args, manifest)
+    plan = runnable_plan(manifest, args.steps, args.start_t)  # a plan the schedule cannot make: refused here
     version, digest = manifest_version(manifest)
     with tempfile.TemporaryDirectory(prefix="diad-serve-") as scratch:
         repository = args.repository or Path(scratch) / "models"
-        write_repository(model, manifest, model_summary(manifest, manifest.plan()), repository, python_paths())
+        write_repository(model, manifest, model_summary(manifest, plan), repository, python_paths())
         backends = backend_directory(install, Path(scratch))
         command = server_command(install.server, repository, backends, args)
         log.info("starting Triton: %s", " ".join(command))

@@ -52,6 +52,7 @@ from runtime.errors import DiadError, ModelFolderError, ServerError
 from runtime.limits import Limits
 from runtime.manifest import Thresholds
 from runtime.metrics import auroc
+from runtime.schedule import plan_label
 from runtime.scoring import threshold_margin
 from runtime.serving.client import RemoteDetector
 from runtime.sinks import (
@@ -619,9 +620,9 @@ def summary_text(summary: dict) -> str:
     model = summary["model"]
     scorer = model["scorer"]
     weights = "RANDOM weights" if scorer.get("weights") == "random" else "ImageNet weights"
+    draws = "" if model["steps"] == 0 else f" x {model.get('draws', 1)} noise draw(s)"
     parts.append(
-        f"model {model['preset']}, DDIM {model['steps']} steps from t={model['start_t']} x "
-        f"{model.get('draws', 1)} noise draw(s), scorer "
+        f"model {model['preset']}, {plan_label(model['steps'], model['start_t'])}{draws}, scorer "
         f"{scorer.get('backbone')} layers {scorer.get('layers')} ({weights})"
     )
     return "; ".join(parts) + f" ({summary['stop_reason']})"
@@ -664,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score through a Triton server (python -m runtime.serve) instead of a local model: "
                         "--model, --backend, --device, --provider, --steps and --start-t are the server's")
     parser.add_argument("--served-model", default="diad", help="with --server: the model's name there (diad)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the model folder's)")
+    parser.add_argument("--steps", type=int,
+                        help="DDIM steps (default: the model folder's; 0: VAE-only plan (no diffusion))")
     parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
     parser.add_argument("--frames", type=int, help="stop after this many frames (default: the end of the source)")
     parser.add_argument("--max-fps", type=float, help="read at most this many frames per second")

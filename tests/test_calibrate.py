@@ -361,3 +361,38 @@ def test_too_few_images_for_the_rate_are_warned_about_loudly(tiny_model, tmp_pat
     captured = capsys.readouterr()
     assert "WARNING: 3 calibration images resolve false-reject rates only in steps of 1/3" in captured.err
     assert "needs at least 100" in captured.err
+
+
+def test_calibration_records_the_vae_only_plan_and_the_detector_warns_on_another(tmp_path, capsys):
+    """``--steps 0`` calibrates on VAE-only scores and records that plan; a detector running DDIM on those
+    thresholds is warned, and so is one running VAE-only on thresholds calibrated with DDIM."""
+    import warnings
+
+    from runtime.schedule import ddim_plan
+
+    root = make_folder(tmp_path / "model").root
+    images = [_png(tmp_path / "good" / f"{k}.png", 40 * k) for k in range(4)]
+    assert main(["--model", str(root), "--images", str(tmp_path / "good"), "--fpr", "0.25", "--steps", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 normal images (0 unreadable skipped), VAE-only (no DDIM steps); method fpr" in printed
+    t = Manifest.load(root).thresholds
+    assert t.details["plan"] == {"steps": 0, "start_t": 0}
+    frames = [read_image(p) for p in images]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plan calibrated for: no warning
+        with Detector(root, steps=0) as detector:
+            scores = np.array([p.score for p in detector.predict(frames)], np.float32)
+    assert t.image == fpr_threshold(scores, 0.25)  # the VAE-only scores, not the DDIM ones
+    with pytest.warns(UserWarning, match="calibrated with VAE-only .no DDIM steps., this detector runs DDIM 3 steps "
+                                         "from t=399"), Detector(root) as ddim:
+        assert not np.allclose([p.score for p in ddim.predict(frames)], scores, atol=1e-4)
+
+    manifest = Manifest.load(root)  # the VAE-only plan as the default, thresholds calibrated with DDIM
+    manifest.data["schedule"] = ddim_plan(0).to_dict()
+    manifest.data["thresholds"] = {}
+    manifest.save()
+    assert main(["--model", str(root), "--images", str(tmp_path / "good"), "--fpr", "0.25", "--steps", "3",
+                 "--start-t", "399"]) == 0
+    assert Manifest.load(root).thresholds.details["plan"] == {"steps": 3, "start_t": 399}
+    with pytest.warns(UserWarning, match="calibrated with DDIM 3 steps from t=399, this detector runs VAE-only"):
+        Detector(root).close()

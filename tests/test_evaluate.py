@@ -72,8 +72,8 @@ def test_writes_metrics_of_both_methods(first, run_dir, data_dir):
     record = first["json"]
     assert not (run_dir / "metrics.json").exists()  # --steps 2 is not the run's setting: under evaluations/
     assert record["settings"] == {
-        "steps": 2, "start_t": 999, "injection": "mid+sff", "noise_seed": 0, "draws": 1, "tag": "steps2",
-        "batch_size": 3,
+        "steps": 2, "start_t": 999, "injection": "mid+sff", "noise_seed": 0, "draws": 1, "statistics": "none",
+        "tag": "steps2", "batch_size": 3,
         "device": "cpu",
     }
     assert record["dataset"] == {
@@ -208,3 +208,25 @@ def test_settings_tag_names_the_overrides():
     assert ev.Settings.of(config, steps=5, injection="all").tag(default) == "steps5_injection-all"
     with pytest.raises(ValueError, match="injection"):
         ev.Settings.of(config, injection="none")
+
+
+def test_statistics_scoring_fits_once_per_plan_and_is_tagged(run_dir, data_dir):
+    """--statistics joint: statistics of the DDIM plan and of the VAE fitted on the training images, saved in the
+    run folder, reused by the next evaluation; the results go to a tagged folder and say how they were scored."""
+    args = ("--steps", "1", "--start-t", "24", "--classes", "fabric", "--limit", "2", "--pictures", "0")
+    cli(run_dir, data_dir, *args, "--statistics", "joint", "--statistics-scope", "shared")
+    folder = run_dir / "statistics" / "joint-shared-64"
+    saved = sorted(p.name for p in folder.iterdir())
+    assert saved == ["t24_steps1_draws1.safetensors", "vae.safetensors"]
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    out = run_dir / "evaluations" / "steps1_t24_statistics-joint-shared-64"
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["settings"]["statistics"] == "joint-shared-64"
+    assert "scored against normal statistics joint-shared-64" in (out / "metrics.md").read_text()
+    first_scores = read_scores(out)
+    cli(run_dir, data_dir, *args, "--statistics", "joint", "--statistics-scope", "shared")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamp, "fitted again instead of reused"
+    assert read_scores(out) == first_scores
+    cli(run_dir, data_dir, *args)  # 1 - cos: other scores, in their own folder
+    plain = read_scores(run_dir / "evaluations" / "steps1_t24")
+    assert plain.keys() == first_scores.keys() and plain != first_scores

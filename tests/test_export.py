@@ -123,6 +123,11 @@ def test_end_to_end_matches_training_evaluate(model_dir, model_and_scorer, test_
     assert round(auroc(scores, labels), 3) == round(auroc(ref_scores, labels), 3)
     pixels = reference.masks.reshape(-1)
     assert round(auroc(maps.reshape(-1), pixels), 3) == round(auroc(ref_maps.reshape(-1), pixels), 3)
+    with Detector(model_dir, steps=0) as vae_only:  # the VAE-only plan: evaluate's "vae" baseline
+        vae_scores = np.array([p.score for p in vae_only.predict(images)])
+    ref_vae = reference.scores["vae"]
+    assert np.abs(vae_scores - ref_vae).max() <= FP32_RELATIVE * np.abs(ref_vae).max()
+    assert not np.allclose(vae_scores, scores, rtol=FP32_RELATIVE)
 
 
 def test_scores_do_not_depend_on_batching(model_dir, test_images):
@@ -275,7 +280,7 @@ def test_invalid_out_is_refused_before_anything_is_exported(tiny_run, tmp_path, 
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--opset", "16"], "opset 16"), (["--max-batch", "0"], "max_batch 0"), (["--steps", "0"], "--steps"),
+    (["--opset", "16"], "opset 16"), (["--max-batch", "0"], "max_batch 0"), (["--steps", "-1"], "--steps"),
     (["--start-t", "1000"], "--start-t"), (["--steps", "50", "--start-t", "20"], "do not fit"),
     (["--draws", "0"], "draws 0"),
 ])
@@ -296,6 +301,30 @@ def test_errors_inside_the_export_are_not_usage_errors(tiny_run, tmp_path, monke
     monkeypatch.setattr(command, "write_model_folder", broken_export)
     with pytest.raises(ValueError, match="an exporter bug"):
         command.main(["--run", str(tiny_run), "--out", str(tmp_path / "m")])
+
+
+def test_steps_0_exports_every_graph_with_the_vae_only_plan_as_default(tiny_run, model_and_scorer, test_images,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "vae-only"
+    assert export_main(["--run", str(tiny_run), "--out", str(out), "--max-batch", "4", "--steps", "0",
+                        "--start-t", "501", "--no-verify"]) == 0
+    assert "default plan VAE-only (no DDIM steps)" in capsys.readouterr().out
+    manifest = Manifest.load(out)
+    assert manifest.data["schedule"]["timesteps"] == [] and manifest.data["schedule"]["start_t"] == 0
+    assert sorted(manifest.data["components"]) == sorted(COMPONENTS)  # --steps N can switch back
+    model, scorer = model_and_scorer
+    images = test_images[1][:3]
+    batch = torch.from_numpy(np.stack([preprocess(image, manifest.image_size) for image in images]))
+    with torch.no_grad():
+        out_torch = model.reconstruct(batch, steps=0)
+        torch.testing.assert_close(out_torch["reconstruction"], out_torch["vae_reconstruction"])
+        torch.testing.assert_close(out_torch["reconstruction"], model.vae.decode(model.vae.encode_mean(batch)))
+        expected = scorer(batch, out_torch["reconstruction"])[1].numpy()
+    with Detector(out) as detector, Detector(out, steps=2) as ddim:
+        assert detector.plan.vae_only and ddim.plan.start_t == 999
+        scores = np.array([p.score for p in detector.predict(images)])
+        assert np.abs(scores - expected).max() <= FP32_RELATIVE * np.abs(expected).max()
+        assert ddim.predict(images[0]).score != pytest.approx(scores[0], rel=FP32_RELATIVE)
 
 
 def test_model_folder_damage_is_named(model_dir, tmp_path):
@@ -345,3 +374,31 @@ def test_sd15_size_graphs_export_and_check(tmp_path):
     manifest, _ = write_model_folder(model, scorer, tmp_path / "sd15", progress=False)
     step = manifest.component("denoise_step")
     assert step["external_data"] and step["external_data"][0]["bytes"] > 2**31
+
+
+def test_a_scorer_with_normal_statistics_exports_them_into_its_one_graph(tiny_run, synthetic_data, tmp_path,
+                                                                          capsys):
+    """A run whose scorer measures against normal statistics: export names the command that fits them when they
+    are missing, then carries them in scorer.onnx (parity with PyTorch checked) and records them in the manifest;
+    a detector running another plan than the one they were fitted for warns."""
+    from training.statistics import main as statistics_main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["scorer"].update(statistics="joint", statistics_scope="shared", statistics_channels=8)
+    (run / "config.json").write_text(json.dumps(config))
+    args = ["--run", str(run), "--out", str(tmp_path / "m"), "--max-batch", "2", "--steps", "1", "--start-t", "24"]
+    fit_command = "python -m training.statistics --run .* --kind joint --scope shared --steps 1 --start-t 24"
+    with pytest.raises(CheckpointError, match=fit_command):
+        export_main(args)
+    assert statistics_main(["--run", str(run), "--data", str(synthetic_data), "--steps", "1", "--start-t", "24",
+                            "--device", "cpu"]) == 0
+    assert export_main(args) == 0  # --verify: every graph, the scorer with its statistics, matches PyTorch
+    assert "every graph matches PyTorch" in capsys.readouterr().out
+    manifest = Manifest.load(tmp_path / "m")
+    record = manifest.data["scorer"]["statistics"]
+    assert record["kind"] == "joint" and record["scope"] == "shared" and record["channels"] == 8
+    assert record["plan"] == {"steps": 1, "start_t": 24, "draws": 2} and record["images"] == 8
+    with pytest.warns(UserWarning, match="normal statistics fitted for DDIM 1 steps from t=24"):
+        Detector(tmp_path / "m", steps=2).close()

@@ -84,6 +84,11 @@ BAD_VALUES = {
     "tensor shapes disagree": (_set("image_size", 16), r"components.vae_encoder.inputs: expected"),
     "schedule not the runtime's": (_set("schedule", "start_t", 398), "DDIM timesteps/alphas differ"),
     "alphas not the runtime's": (_set("schedule", "alphas", 1, 0.5), "DDIM timesteps/alphas differ"),
+    "start_t 0 with DDIM steps": (_set("schedule", "start_t", 0), "start_t is 0 exactly for the VAE-only plan"),
+    "VAE-only plan with a start_t": (_set("schedule", {**ddim_plan(0).to_dict(), "start_t": 399}),
+                                     r"start_t 399 with 0 DDIM step\(s\); start_t is 0 exactly for the VAE-only"),
+    "VAE-only plan with a start_alpha": (_set("schedule", {**ddim_plan(0).to_dict(), "start_alpha": 0.5}),
+                                         "DDIM timesteps/alphas differ"),
     "degenerate normalisation": (_set("thresholds", {"image": 1.0, "pixel": 0.5, "image_min": 1.0, "image_max": 1.0,
                                                      "pixel_min": 0.0, "pixel_max": 1.0}),
                                  "image_min 1.0 and image_max 1.0 give no normalisation span"),
@@ -195,3 +200,21 @@ def test_a_manifest_without_hint_shape_is_refused(tmp_path):
     (folder.root / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ModelFolderError, match="hint_shape"):
         Manifest.load(folder.root)
+
+
+def test_a_vae_only_manifest_validates_round_trips_and_switches_back_to_ddim(tmp_path):
+    manifest = make_folder(tmp_path / "model")
+    manifest.data["schedule"] = ddim_plan(0).to_dict()
+    manifest.save()
+    loaded = Manifest.load(manifest.root)
+    assert loaded.data["schedule"] == {"start_t": 0, "start_alpha": 1.0, "timesteps": [], "alphas": [],
+                                       "alphas_prev": []}
+    assert loaded.steps == 0 and loaded.plan().vae_only and loaded.plan(start_t=399).vae_only
+    # DDIM again from the same folder: the reference's start timestep unless one is given
+    assert loaded.start_t == 999 and loaded.plan(steps=2).start_t == 999
+    assert loaded.plan(steps=3, start_t=399).timesteps.tolist() == ddim_plan(3, 399).timesteps.tolist()
+    text = (manifest.root / MANIFEST).read_text()
+    loaded.save()
+    assert (manifest.root / MANIFEST).read_text() == text
+    with Detector(manifest.root) as detector:
+        assert detector.plan.vae_only and detector.summary["steps"] == 0

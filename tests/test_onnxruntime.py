@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-from helpers.model_folder import MAX_BATCH, S, make_folder
+from helpers.model_folder import LATENT, MAX_BATCH, S, make_folder
 
+from runtime import Detector
 from runtime.backends.base import BackendOutput
 from runtime.backends.onnxruntime import (
     ENGINE_CACHE,
@@ -26,7 +27,7 @@ from runtime.backends.onnxruntime import (
     physical_cores,
 )
 from runtime.manifest import COMPONENTS
-from runtime.schedule import fixed_noise
+from runtime.schedule import ddim_plan, fixed_noise
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -149,3 +150,48 @@ def test_optimized_cache_is_written_once_and_opened_without_optimising_again(tmp
 def test_invalid_session_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SessionSettings(**kwargs)
+
+
+def _vae_by_hand(manifest, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """encode -> decode -> score through the folder's own sessions: map, score, reconstruction."""
+    run = {c: onnxruntime.InferenceSession(str(manifest.path(c)), providers=["CPUExecutionProvider"]).run
+           for c in ("vae_encoder", "vae_decoder", "scorer")}
+    recon = run["vae_decoder"](None, {"latent": run["vae_encoder"](None, {"image": images})[0]})[0]
+    amap, score = run["scorer"](["anomaly_map", "score"], {"image": images, "reconstruction": recon})
+    return amap, score, recon
+
+
+def test_the_vae_only_plan_decodes_the_clean_latent_and_runs_no_diffusion(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "model", draws=2)
+    ran: list[str] = []
+    real = OnnxRuntimeBackend._run
+
+    def counting(self, name, inputs, outputs):
+        ran.append(name)
+        return real(self, name, inputs, outputs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_run", counting)
+    frames = [np.random.default_rng(k).integers(0, 256, (12, 10, 3), np.uint8) for k in range(3)]
+    with Detector(folder.root, steps=0) as detector:
+        batch = detector.preprocess(frames)
+        out = detector.run(batch, keep_reconstruction=True)
+        assert ran == ["vae_encoder", "vae_decoder", "scorer"]  # no hint_encoder, no denoise_step
+        amap, score, recon = _vae_by_hand(folder, batch)
+        np.testing.assert_allclose(out.score, score, rtol=1e-6)
+        np.testing.assert_allclose(out.anomaly_map, amap, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out.reconstruction, recon, rtol=1e-6, atol=1e-7)
+        assert out.seconds["steps"] == 0.0 and out.step_seconds == []
+        nan_noise = np.full((2, *LATENT), np.nan, np.float32)  # no noise is drawn: NaN noise changes nothing
+        np.testing.assert_array_equal(detector.backend.run(batch, detector.plan, nan_noise).score, out.score)
+        assert detector.summary["steps"] == 0
+    ran.clear()
+    with Detector(folder.root) as ddim:  # the folder's default, 3 DDIM steps, still diffuses
+        diffused = ddim.run(batch).score
+    assert ran.count("denoise_step") == 3 and ran.count("hint_encoder") == 1
+    assert not np.allclose(diffused, out.score, atol=1e-4)
+
+    folder.data["schedule"] = ddim_plan(0).to_dict()  # the VAE-only plan as the folder's default
+    folder.save()
+    with Detector(folder.root) as default, Detector(folder.root, steps=3, start_t=399) as back:
+        np.testing.assert_array_equal(default.run(batch).score, out.score)
+        np.testing.assert_allclose(back.run(batch).score, diffused, rtol=1e-6)

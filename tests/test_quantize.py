@@ -3,6 +3,7 @@ manifest, the ops ONNX Runtime runs, and the score parity with the FP32 folder t
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ from export import quantize
 from export.quantize import ParityError, main, quantize_folder, score_parity
 from runtime.errors import ModelFolderError
 from runtime.manifest import Manifest
+from runtime.schedule import ddim_plan
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,17 @@ def test_bad_requests_are_named(int8_dir, model_dir, tmp_path, capsys):
     with pytest.raises(ModelFolderError, match="quantization.per_channel: expected true or false"):
         Manifest.load(tmp_path / "bad", verify=False)
     assert np.isfinite(Manifest.load(int8_dir).data["quantization"]["parity"]["map_relative"])
+
+
+def test_parity_of_a_vae_only_folder_runs_the_quantised_step_on_a_ddim_plan(model_dir, tmp_path):
+    # the tiny folder with the VAE-only plan as its default, as `python -m export --steps 0` writes it (same graphs)
+    shutil.copytree(model_dir, tmp_path / "vae-only")
+    source = Manifest.load(tmp_path / "vae-only")
+    source.data["schedule"].update(ddim_plan(0).to_dict())
+    source.save()
+    assert Manifest.load(source.root).plan().vae_only
+    manifest, parity, _ = quantize_folder(source.root, tmp_path / "int8", parity_images=1)
+    # only denoise_step is quantised: the VAE-only run alone would match FP32 exactly
+    assert 0 < parity.score_relative <= quantize.SCORE_TOLERANCE
+    assert manifest.plan().vae_only and manifest.step_plan().steps == ddim_plan().steps
+    assert manifest.data["quantization"]["parity"]["score_relative"] == parity.score_relative

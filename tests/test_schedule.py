@@ -12,6 +12,7 @@ from runtime.schedule import (
     mean_of_draws,
     noise_draws,
     noise_latents,
+    plan_label,
     q_sample,
 )
 
@@ -42,6 +43,23 @@ def test_start_timestep_lays_the_grid_below_it():
     for bad in [(0, 999), (5, 0), (5, 1000), (600, 300)]:
         with pytest.raises(ValueError):
             ddim_timesteps(*bad)
+
+
+def test_zero_steps_is_the_vae_only_plan_whatever_the_start():
+    for start_t in (999, 399, 0):
+        plan = ddim_plan(0, start_t)
+        assert plan.vae_only and plan.steps == 0 and (plan.start_t, plan.start_alpha) == (0, 1.0)
+        assert plan.timesteps.dtype == np.int64 and plan.timesteps.size == plan.alphas.size == plan.alphas_prev.size == 0
+        assert plan.noise_scales == (1.0, 0.0)  # q_sample would leave the latent clean
+    assert plan.to_dict() == {"start_t": 0, "start_alpha": 1.0, "timesteps": [], "alphas": [], "alphas_prev": []}
+    assert plan.brief == {"steps": 0, "start_t": 0} and plan.label == "VAE-only (no DDIM steps)"
+    diffusion = ddim_plan(3, 399)
+    assert not diffusion.vae_only and diffusion.brief == {"steps": 3, "start_t": 399}
+    assert diffusion.label == plan_label(3, 399) == "DDIM 3 steps from t=399"
+    with pytest.raises(ValueError, match="DDIM steps -1: expected 0 .the VAE-only plan"):
+        ddim_plan(-1)
+    with pytest.raises(ValueError, match="at least one step"):
+        ddim_timesteps(0)  # only ddim_plan knows the VAE-only plan
 
 
 def test_fixed_noise_and_q_sample():

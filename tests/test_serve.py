@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.detector import Detector
-from runtime.errors import ServerError
+from runtime.errors import ModelFolderError, ServerError
 from runtime.serve import main as serve_main
 from runtime.manifest import MANIFEST, Thresholds, sha256
 from runtime.serving import environment
@@ -155,6 +155,22 @@ def test_version_is_the_manifests_hash_and_endpoints_answer(server, served_folde
     assert status == 200 and 'nv_inference_count{model="diad"' in metrics
     with RemoteDetector(server.url) as remote:
         assert remote.manifest_sha256 == digest and remote.summary["steps"] == 3
+
+
+def test_a_server_with_steps_0_runs_the_vae_only_plan(served_folder):
+    """``--steps 0``: the served detector runs the VAE-only plan (the local one's scores, not the DDIM ones) and
+    clients read that plan back."""
+    frames = frames_of([(8, 8), (30, 40), (17, 9)], seed=3)
+    local = [p.score for p in Detector(served_folder, steps=0).predict(frames)]
+    ddim = [p.score for p in Detector(served_folder).predict(frames)]
+    server = Server(served_folder, "--steps", "0")
+    try:
+        with RemoteDetector(server.url) as remote:
+            assert remote.summary["steps"] == 0 and remote.summary["start_t"] == 0
+            served = [p.score for p in remote.predict(frames)]
+    finally:
+        assert server.stop() == 0, server.log.read_text()[-3000:]
+    assert served == pytest.approx(local, abs=1e-6) and served != pytest.approx(ddim, abs=1e-4)
 
 
 def test_concurrent_clients_are_batched(server):
@@ -315,3 +331,8 @@ def test_serve_refuses_a_batch_over_the_model_folders(served_folder):
     with pytest.raises(ServerError, match=f"--max-batch 64: {served_folder} runs batches of at most 4"):
         serve_main(["--model", str(served_folder), "--max-batch", "64"])
 
+
+
+def test_serve_refuses_a_plan_the_schedule_cannot_make(served_folder):
+    with pytest.raises(ModelFolderError, match="cannot run DDIM steps=-1, start_t=None: DDIM steps -1: expected 0"):
+        serve_main(["--model", str(served_folder), "--steps", "-1"])

@@ -86,6 +86,24 @@ def test_synthetic_feed_to_jsonl_and_video(tiny, tmp_path, capsys):
     assert _summary(captured.err) == (6, 0, 0)
 
 
+def test_the_vae_only_plan_streams_the_synthetic_feed(tiny, tmp_path, capsys, monkeypatch):
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    ran: list[str] = []
+    real = OnnxRuntimeBackend._run
+    monkeypatch.setattr(OnnxRuntimeBackend, "_run", lambda self, name, *io: ran.append(name) or real(self, name, *io))
+    out = tmp_path / "out.jsonl"
+    assert main(["--model", str(tiny), "--steps", "0", "--frames", "4", "--jsonl", str(out)]) == 0
+    records = _lines(out.read_text())
+    assert [r["frame"] for r in records] == list(range(4)) and all(r["stage_ms"]["steps"] == 0 for r in records)
+    assert "denoise_step" not in ran and "hint_encoder" not in ran and ran.count("vae_decoder") == 4
+    err = capsys.readouterr().err
+    assert _summary(err) == (4, 0, 0) and ", VAE-only (no DDIM steps), scorer " in err
+    ran.clear()
+    assert main(["--model", str(tiny), "--frames", "1", "--jsonl", str(out)]) == 0
+    assert ran.count("denoise_step") == 3 and "DDIM 3 steps from t=399 x 1 noise draw(s)" in capsys.readouterr().err
+
+
 def test_folder_with_a_corrupt_file_gives_an_error_record_and_goes_on(tiny, synthetic_data, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()

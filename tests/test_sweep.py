@@ -12,7 +12,7 @@ import torch
 from helpers import fake_tensorrt
 from helpers.model_folder import make_folder
 
-from benchmarks.sweep import Row, main, open_backends, pareto_front, torch_model
+from benchmarks.sweep import Row, main, open_backends, pareto_front, sweep_plans, torch_model
 from benchmarks.torch_pipeline import TorchBackend
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.schedule import ddim_plan
@@ -31,7 +31,7 @@ def sweep(model_dir, tiny_run, synthetic_data, tmp_path_factory):
     assert main([
         "--model", str(model_dir), "--data", str(one_class), "--run", str(tiny_run), "--out", str(out),
         "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32", "--start-t", "399",
-        "--steps", "2,1", "--batch-sizes", "1,2", "--limit", "3", "--latency-batches", "1",
+        "--steps", "2,1,0", "--batch-sizes", "1,2", "--limit", "3", "--latency-batches", "1",
     ]) == 0
     return out, json.loads((out / "sweep.json").read_text())
 
@@ -42,7 +42,14 @@ def test_grid_rows_baselines_and_files(sweep):
     rows = result["rows"]
     diad = [(r["backend"], r["steps"], r["batch"]) for r in rows if r["method"] == "diad"]
     assert sorted(diad) == sorted((b, s, n) for b in ("torch", "onnxruntime") for s in (2, 1) for n in (1, 2))
-    assert sum(r["method"] == "vae-only" for r in rows) == 4  # per backend, per batch size
+    vae_only = [r for r in rows if r["method"] == "vae-only"]  # steps 0: per backend, per batch size
+    assert sorted((r["backend"], r["batch"]) for r in vae_only) == [(b, n) for b in ("onnxruntime", "torch")
+                                                                    for n in (1, 2)]
+    assert all(r["steps"] == 0 and r["start_t"] is None and r["stages_ms"]["steps"] == 0 for r in vae_only)
+    vae = {(r["backend"], r["batch"]): r for r in vae_only}
+    assert abs(vae["torch", 1]["i_auroc"] - vae["onnxruntime", 1]["i_auroc"]) < 1e-6
+    assert vae["torch", 1]["gflops"] < by_steps(rows, "torch", 1)["gflops"]  # no hint encoder, no step
+    assert "| onnxruntime | fp32 | vae-only | - | 0 | 1 |" in (out / "sweep.md").read_text()
     reference = [r for r in rows if r["method"] == "reference"]
     assert len(reference) == 1 and reference[0]["steps"] == 10 and reference[0]["start_t"] == 999
     assert math.isclose(reference[0]["speedup"], 1.0)
@@ -60,6 +67,16 @@ def test_grid_rows_baselines_and_files(sweep):
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (out / "sweep.md").read_text().count("\n| ") == len(rows) + 1
     assert (out / "pareto.png").stat().st_size > 10_000
+
+
+def by_steps(rows: list[dict], backend: str, steps: int) -> dict:
+    return next(r for r in rows if (r["backend"], r["steps"], r["batch"]) == (backend, steps, 1))
+
+
+def test_sweep_plans_list_the_vae_only_plan_once():
+    plans = sweep_plans([999, 399], [2, 0, 1])
+    assert [(p.start_t, p.steps) for p in plans] == [(999, 2), (999, 1), (399, 2), (399, 1), (0, 0)]
+    assert plans[-1].vae_only and [p.vae_only for p in sweep_plans([999], [3])] == [False]
 
 
 def row(latency: float, auroc: float) -> Row:

@@ -12,6 +12,7 @@ from runtime import synthetic
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import read_image, read_mask
 from training import synthetic as command
+from training import photo_textures as photos
 from training import synthetic_parts as parts
 from training.data import load_index
 from training.data.mvtec import load as load_mvtec_folders
@@ -273,3 +274,41 @@ def test_command_writes_the_parts_dataset(tmp_path, capsys):
     assert sheet.shape == (4 * 258 - 2, (command.SHEET_GOOD + len(parts.DEFECTS)) * 258 - 2, 3)
     command.main([*argv, "--kind", "demo"])  # a previous synthetic dataset of either kind may be replaced
     assert json.loads((root / command.MARKER).read_text())["kind"] == "demo"
+
+
+# ----------------------------------------------------------------------- the third set: real photographs
+
+
+def test_photographs_are_split_by_region_so_no_test_pixel_is_trained_on():
+    rows = np.repeat(np.arange(512, dtype=np.float32)[:, None], 512, axis=1) / 511  # each pixel holds its row
+    for seed in range(20):
+        patch = photos.crop(np.random.default_rng(seed), np.dstack([rows] * 3), (0, photos.TRAIN_ROWS), photos.CROP)
+        assert patch.max() * 511 < photos.TRAIN_ROWS
+        patch = photos.crop(np.random.default_rng(seed), np.dstack([rows] * 3), (photos.TRAIN_ROWS, 512), photos.CROP)
+        assert patch.min() * 511 >= photos.TRAIN_ROWS
+
+
+@pytest.mark.parametrize("class_name", photos.CLASSES)
+def test_photograph_defects_are_masked_where_they_are_visible(class_name):
+    for defect in photos.DEFECTS:
+        for seed in range(2):
+            image, mask = photos.render(class_name, np.random.default_rng(seed), defect, 128)
+            assert image.shape == (128, 128, 3) and image.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+            assert photos.MIN_AREA <= mask.mean() <= photos.MAX_AREA, f"{class_name}/{defect}/{seed}"
+        rng = np.random.default_rng(7)
+        clean = photos.capture(rng, photos.crop(rng, photos.photo(photos.SOURCES[class_name]), (320, 512), 128))
+        defective, exact = photos.add_defect(rng, clean, defect)
+        change = np.abs(defective - clean).max(axis=2)
+        assert not change[~exact].any() and change[exact].min() >= photos.VISIBLE - 1e-6
+
+
+def test_command_writes_the_photograph_dataset(tmp_path):
+    root = command.generate(tmp_path / "photos", seed=2, kind="photos", **SMALL)
+    index = load_index(root)
+    assert index.classes == sorted(photos.CLASSES) and {s.defect for s in index.samples} == {"good", *photos.DEFECTS}
+    train = next(s for s in index.split("train") if s.class_name == "gravel")
+    expected, _ = photos.render_train("gravel", command.sample_rng(2, "gravel", "train", 0, "photos"), 128)
+    assert np.array_equal(read_image(train.image), expected)
+    test = next(s for s in index.samples if s.class_name == "brick" and s.defect == "hole")
+    rgb, mask = photos.render("brick", command.sample_rng(2, "brick", "hole", 0, "photos"), "hole", 128)
+    assert np.array_equal(read_image(test.image), rgb) and np.array_equal(read_mask(test.mask), mask * 255)

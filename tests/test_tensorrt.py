@@ -170,6 +170,21 @@ def test_random_inputs_use_the_schedule(folder32):
     assert feed["x_t"].shape == (4, *LATENT) and all(v.dtype == np.float32 for v in feed.values())
 
 
+def test_random_inputs_and_compare_on_a_vae_only_folder(folder32, monkeypatch, capsys):
+    folder32.data["schedule"].update(ddim_plan(0).to_dict())  # the default plan VAE-only (`export --steps 0`)
+    folder32.save()
+    manifest = Manifest.load(folder32.root)
+    assert manifest.plan().vae_only
+    plan = manifest.step_plan()  # the default DDIM plan from t=999 feeds denoise_step
+    np.testing.assert_array_equal(plan.timesteps, ddim_plan().timesteps)
+    feed = compare.random_inputs(manifest, "denoise_step", 3)
+    np.testing.assert_array_equal(feed["timestep"], plan.timesteps[:3].astype(np.float32))
+    np.testing.assert_allclose(feed["alpha_t"], plan.alphas[:3], rtol=1e-6)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert compare.main(["--model", str(folder32.root), "--components", "denoise_step,vae_decoder"]) == 0
+    assert "2/2 components pass" in capsys.readouterr().out
+
+
 def test_cli_says_what_to_install_without_tensorrt(folder32):
     code = NO_TENSORRT + (
         f"import runpy; sys.argv = ['export.tensorrt', '--model', {str(folder32.root)!r}]; "
@@ -487,6 +502,45 @@ def test_noise_draws_run_as_one_batch_and_average_like_separate_runs(fake, tmp_p
     finally:
         backend.close()
         ort_backend.close()
+    assert cudart.stale_replays == 0
+    assert cudart.leaks() == {}
+
+
+def test_the_vae_only_plan_runs_the_encoder_decoder_and_scorer_only(fake, tmp_path, monkeypatch):
+    """Steps 0: the decoder reads the encoder's latent on the device; no hint, no noise, no loop, no graph; a slot
+    that ran DDIM before decodes the right latent again, and the Detector agrees with ONNX Runtime's."""
+    from runtime import Detector
+
+    _, cudart = fake
+    manifest = build(make_folder(tmp_path / "model", draws=2), "--device", "cuda:0")
+    enqueued: list[str] = []
+    real = backend_trt.Context.enqueue
+
+    def counting(self, stream):
+        enqueued.append(self.engine.name)
+        return real(self, stream)
+
+    monkeypatch.setattr(backend_trt.Context, "enqueue", counting)
+    vae_only, noise = ddim_plan(0), manifest.noise()
+    backend = backend_trt.TensorRTBackend(manifest, "cuda:0")
+    try:
+        for images in batches(3, 1, MAX_BATCH):
+            out = backend.run(images, vae_only, noise, keep_reconstruction=True)
+            assert_like_onnxruntime(manifest, out, images, vae_only, noise)  # q_sample at alpha 1: the clean latent
+            nan = backend.run(images, vae_only, np.full_like(noise, np.nan))  # no noise is drawn
+            np.testing.assert_array_equal(nan.score, out.score)
+        assert set(enqueued) == {"vae_encoder", "vae_decoder", "scorer"} and len(enqueued) == 3 * 6
+        assert all(not slot.loops for slot in backend._slots) and cudart.instantiated == 0
+        assert out.seconds["steps"] < 1e-3  # two adjacent events: nothing ran between them
+        images = batches(2)[0]
+        for plan in (manifest.plan(), vae_only, manifest.plan()):  # each slot switches between the plans
+            assert_like_onnxruntime(manifest, backend.run(images, plan, noise), images, plan, noise)
+    finally:
+        backend.close()
+    frames = [np.full((16, 16, 3), 40 * k, np.uint8) for k in range(5)]
+    with Detector(manifest.root, steps=0) as cpu, \
+            Detector(manifest.root, backend="tensorrt", device="cuda:0", steps=0) as gpu:
+        assert [p.score for p in gpu.predict(frames)] == pytest.approx([p.score for p in cpu.predict(frames)], abs=1e-5)
     assert cudart.stale_replays == 0
     assert cudart.leaks() == {}
 

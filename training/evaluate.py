@@ -52,8 +52,10 @@ from training.data import AnomalyDataset, Sample, load_index
 from training.models.backbones import RANDOM
 from training.models.diad import DiAD
 from training.models.presets import INJECTIONS, ModelConfig
+from training.models.normal_statistics import NormalStatistics, StatisticsSettings
 from training.models.scorer import FeatureScorer, seeded_scorer
 from training.run_folder import RunFolder, atomic_write_text
+from training.statistics import VAE_PLAN, add_statistics_arguments, chosen_statistics, ensure, plan_name, settings_of
 
 METHODS = ("diad", "vae")
 DESCRIPTIONS = {
@@ -73,20 +75,24 @@ class Settings:
     injection: str
     noise_seed: int
     draws: int = 1
+    statistics: str = "none"  # the scorer's: "none" (1 - cos) or "<kind>-<scope>-<channels>"
 
     @classmethod
     def of(
         cls, config: ModelConfig, steps: int | None = None, start_t: int | None = None, injection: str | None = None,
-        draws: int | None = None,
+        draws: int | None = None, statistics: StatisticsSettings | None | str = "config",
     ) -> Settings:
-        """The config's inference settings with the given overrides; an impossible DDIM plan is a ValueError."""
+        """The config's inference settings with the given overrides; an impossible DDIM plan is a ValueError.
+        ``statistics``: the scorer's normal statistics, None for ``1 - cos``, default the config's."""
         inference = config.inference
+        chosen = settings_of(config.scorer) if statistics == "config" else statistics
         settings = cls(
             inference.steps if steps is None else steps,
             inference.start_t if start_t is None else start_t,
             config.injection if injection is None else injection,
             inference.noise_seed,
             inference.draws if draws is None else draws,
+            "none" if chosen is None else f"{chosen.kind}-{chosen.scope}-{chosen.channels}",
         )
         if settings.injection not in INJECTIONS:
             raise ValueError(f"injection {settings.injection!r}: expected one of {INJECTIONS}")
@@ -102,6 +108,7 @@ class Settings:
             f"t{self.start_t}" if self.start_t != default.start_t else "",
             f"injection-{self.injection}" if self.injection != default.injection else "",
             f"draws{self.draws}" if self.draws != default.draws else "",
+            f"statistics-{self.statistics}" if self.statistics != default.statistics else "",
         ]
         return "_".join(p for p in parts if p)
 
@@ -230,11 +237,13 @@ def evaluate(
     workers: int = 0,
     progress: bool = True,
     draws: int | None = None,
+    statistics: dict[str, NormalStatistics] | None = None,
 ) -> EvaluationResult:
     """Reconstruct and score ``samples`` with both methods (model and scorer on the same device).
 
     ``steps`` / ``start_t`` / ``draws`` (noise draws) default to the model's config; the injection is the model's
-    (:func:`set_injection`).
+    (:func:`set_injection`). ``statistics``: per method, the normal statistics the scorer measures it against
+    (default: ``1 - cos``).
     ``pictures``: indices whose input and reconstructions are kept for display (nothing else is kept but maps).
     ``seconds_per_image``: ``encode``, ``steps`` (noising, hint and DDIM loop), ``decode`` and ``score`` of the
     diffusion pipeline, their sum ``diad``, the baseline's extra ``vae_decode`` and ``vae_score``, and ``wall``
@@ -242,7 +251,8 @@ def evaluate(
     """
     if not samples:
         raise ValueError("evaluate needs at least one sample")
-    settings = Settings.of(model.config, steps, start_t, model.sg.injection, draws)
+    chosen = next(iter(statistics.values())).settings if statistics else None
+    settings = Settings.of(model.config, steps, start_t, model.sg.injection, draws, chosen)
     device = next(model.parameters()).device
     size = model.config.image_size
     n = len(samples)
@@ -267,6 +277,7 @@ def evaluate(
             with clock.stage("vae_decode"):
                 recons = {"diad": out["reconstruction"], "vae": model.vae.decode(out["latent"])}
             for method, recon in recons.items():
+                scorer.use_statistics(statistics[method] if statistics else None)
                 with clock.stage("score" if method == "diad" else "vae_score"):
                     amap, score = scorer(image, recon)
                 maps[method][at : at + len(image)] = amap.float().cpu().numpy()
@@ -406,6 +417,12 @@ def _scorer_text(scorer: dict[str, Any]) -> str:
     return f"{scorer['backbone']} layers {scorer['layers']}, {weights}"
 
 
+def _scoring_text(statistics: str) -> str:
+    if statistics == "none":
+        return "scored by 1 - cos"
+    return f"scored against normal statistics {statistics} fitted on the training images"
+
+
 def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
     """The Markdown of ``metrics.md``: settings, one table per method, the comparison line."""
     st, data, sec = info["settings"], info["dataset"], info["seconds_per_image"]
@@ -417,7 +434,7 @@ def report(metrics: dict[str, list[dict]], info: dict[str, Any]) -> str:
             f"{st['noise_seed']}, {st.get('draws', 1)} noise draw(s) averaged; {data['images']} test images "
             f"({data['good']} good, {data['defect']} defect) of "
             f"{len(data['classes'])} classes from {data['path']} ({data['layout']}); scorer: "
-            f"{_scorer_text(info['scorer'])}; "
+            f"{_scorer_text(info['scorer'])}, {_scoring_text(st.get('statistics', 'none'))}; "
             f"{sec['diad']:.3f} s/image for diad, {sec['wall']:.3f} s/image in all."
         ),
     ]
@@ -482,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--injection", choices=INJECTIONS, default=None, help="SG residuals (default: the run's config)")
     p.add_argument("--draws", type=int, default=None,
                    help="noise draws per image, their sample latents averaged (default: the run's config)")
+    add_statistics_arguments(p)
     p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     p.add_argument("--pictures", type=int, default=2, help="picture strips per class, defects first (default: 2)")
@@ -502,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CheckpointError(f"{run.root}: run folder not found")
     config = run.model_config()
     try:
-        settings = Settings.of(config, args.steps, args.start_t, args.injection, args.draws)
+        wanted = chosen_statistics(config.scorer, args.statistics, args.statistics_scope)
+        settings = Settings.of(config, args.steps, args.start_t, args.injection, args.draws, wanted)
     except ValueError as exc:
         parser.error(str(exc))
     index = load_index(args.data, args.classes.split(",") if args.classes else None)
@@ -514,9 +533,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = run.load_model(device)
     set_injection(model, settings.injection)
     scorer = seeded_scorer(config.scorer, config.image_size, settings.noise_seed).to(device)
+    statistics = None
+    if wanted is not None:
+        fitted = ensure(run, model, scorer, args.data, wanted, settings.steps, settings.start_t, settings.draws)
+        statistics = {"diad": fitted[plan_name(settings.steps, settings.start_t, settings.draws)],
+                      "vae": fitted[VAE_PLAN]}
     result = evaluate(
         model, scorer, samples, settings.steps, settings.start_t, args.batch_size,
-        choose_pictures(samples, args.pictures), args.workers, draws=settings.draws,
+        choose_pictures(samples, args.pictures), args.workers, draws=settings.draws, statistics=statistics,
     )
 
     tag = settings.tag(Settings.of(config))

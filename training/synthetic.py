@@ -2,7 +2,8 @@
 
 ``--kind demo`` (the default) draws from :mod:`runtime.synthetic`, ``--kind parts`` from
 :mod:`training.synthetic_parts`, a second set of other products and defects for checking that a recipe
-generalises.
+generalises, and ``--kind photos`` from :mod:`training.photo_textures`: real photographs with drawn-in defects,
+whose training images come from another region of each photograph than the test images.
 
 Every class gets ``train/good``, ``test/good``, ``test/<defect>`` for each defect type and
 ``ground_truth/<defect>/<stem>_mask.png`` (0/255), plus the DiAD reference's ``train.json`` / ``test.json``, a
@@ -31,7 +32,7 @@ from runtime import synthetic
 from runtime.cli import run_cli
 from runtime.errors import DatasetLayoutError
 from runtime.visualize import draw_contour, grid, label, write_rgb
-from training import synthetic_parts
+from training import photo_textures, synthetic_parts
 
 MARKER = "synthetic.json"
 GENERATOR = "diad-edge runtime.synthetic"
@@ -39,7 +40,9 @@ CONTACT_SHEET = "contact_sheet.png"
 SHEET_GOOD = 3  # normal images per contact-sheet row, before one image of each defect type
 SHEET_TILE = 256
 CONTOUR = (0, 255, 0)
-KINDS: dict[str, ModuleType] = {"demo": synthetic, "parts": synthetic_parts}  # --kind: the image generator
+KINDS: dict[str, ModuleType] = {  # --kind: the image generator
+    "demo": synthetic, "parts": synthetic_parts, "photos": photo_textures,
+}
 
 
 def groups(kind: str = "demo") -> tuple[str, ...]:
@@ -88,7 +91,11 @@ def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, 
     for group in groups(kind):
         defect = group if group in generator.DEFECTS else None
         for i in range(counts[group]):
-            rgb, mask = generator.render(name, sample_rng(seed, name, group, i, kind), defect, size)
+            rng = sample_rng(seed, name, group, i, kind)
+            if group == "train" and hasattr(generator, "render_train"):  # training images from their own region
+                rgb, mask = generator.render_train(name, rng, size)
+            else:
+                rgb, mask = generator.render(name, rng, defect, size)
             folder = "train/good" if group == "train" else f"test/{defect or generator.GOOD}"
             record = {"filename": f"{name}/{folder}/{i:03d}.png", "label": int(defect is not None)}
             record["label_name"] = defect or generator.GOOD
@@ -182,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test-good", type=int, default=20, help="normal test images per class (default 20)")
     parser.add_argument("--test-defect", type=int, default=10, help="test images per class and defect (default 10)")
     parser.add_argument("--kind", choices=KINDS, default="demo",
-                        help="demo: fabric, wood, nut, capsule (default); parts: tile, carpet, gear, pill")
+                        help="demo: fabric, wood, nut, capsule (default); parts: tile, carpet, gear, pill; photos: "
+                             "brick, grass, gravel, tissue (real photographs, drawn-in defects)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

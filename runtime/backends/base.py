@@ -2,7 +2,9 @@
 
 encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with each fixed noise draw
 (:func:`runtime.schedule.noise_latents`) -> ``denoise_step`` once per DDIM step on all draws at once -> the mean
-over draws (:func:`runtime.schedule.mean_of_draws`) -> ``vae_decoder`` -> ``scorer``.
+over draws (:func:`runtime.schedule.mean_of_draws`) -> ``vae_decoder`` -> ``scorer``. The VAE-only plan
+(:attr:`runtime.schedule.DDIMPlan.vae_only`) decodes the clean latent instead: ``vae_encoder`` -> ``vae_decoder``
+-> ``scorer``, no noise, no hint, no step.
 """
 from __future__ import annotations
 

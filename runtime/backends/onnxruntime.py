@@ -3,7 +3,8 @@
 Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
 memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
 down. With several noise draws the hints are copied per draw and the last step's latents are averaged on the host
-(a few KiB per image each way). On the CPU the same code binds host memory.
+(a few KiB per image each way). On the CPU the same code binds host memory. The VAE-only plan runs
+``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` only.
 
 The TensorRT provider builds an engine per graph on first use; it caches them (and its timing cache) in
 ``ort_trt_cache/`` inside the model folder, or in the user cache when the folder is read-only, and builds each for
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -288,12 +290,34 @@ class OnnxRuntimeBackend(Backend):
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
+        """The pipeline on one batch; the VAE-only plan (:attr:`DDIMPlan.vae_only`) decodes the clean latent: no
+        noise, no ``hint_encoder``, no ``denoise_step``."""
         batch, size = len(images), self.manifest.image_size
-        draws = len(as_draws(noise))
-        seconds = {}
-
         start = time.perf_counter()
         image = self._on_device(images.astype(np.float32, copy=False))
+        if plan.vae_only:
+            sample = self._empty((batch, *self.manifest.latent_shape))
+            self._run("vae_encoder", [image], [sample])
+            seconds, step_seconds = {"encode": time.perf_counter() - start, "steps": 0.0}, []
+        else:
+            sample, seconds, step_seconds = self._diffuse(image, plan, noise, start)
+
+        start = time.perf_counter()
+        recon = self._empty((batch, 3, size, size))
+        self._run("vae_decoder", [sample], [recon])
+        seconds["decode"] = time.perf_counter() - start
+
+        output = self._score(image, recon, seconds, keep_reconstruction)
+        output.step_seconds = step_seconds
+        return output
+
+    def _diffuse(self, image, plan: DDIMPlan, noise: np.ndarray, start: float) -> tuple[Any, dict, list[float]]:
+        """Encode (latent and hint), noise with each draw, run the DDIM steps on every draw at once and average
+        the draws: the sample latent on the device, stage seconds (``encode`` counted from ``start``) and per-step
+        seconds."""
+        batch = image.shape()[0]
+        draws = len(as_draws(noise))
+        seconds = {}
         latent = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, *self.manifest.latent_shape], np.float32,
                                                                  "cpu", 0)
         hint_shape = (batch, *self.manifest.hint_shape)
@@ -322,30 +346,7 @@ class OnnxRuntimeBackend(Backend):
             sample = self._on_device(mean_of_draws(last.numpy(), draws))
             step_seconds[-1] += time.perf_counter() - start
         seconds["steps"] = sum(step_seconds)
-
-        start = time.perf_counter()
-        recon = self._empty((batch, 3, size, size))
-        self._run("vae_decoder", [sample], [recon])
-        seconds["decode"] = time.perf_counter() - start
-
-        output = self._score(image, recon, seconds, keep_reconstruction)
-        output.step_seconds = step_seconds
-        return output
-
-    def run_vae_only(self, images: np.ndarray) -> BackendOutput:
-        """The baseline without diffusion: encode, decode the clean latent, score (stages as in :meth:`run`)."""
-        batch, size = len(images), self.manifest.image_size
-        seconds = {"steps": 0.0}
-        start = time.perf_counter()
-        image = self._on_device(images.astype(np.float32, copy=False))
-        latent = self._empty((batch, *self.manifest.latent_shape))
-        self._run("vae_encoder", [image], [latent])
-        seconds["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        recon = self._empty((batch, 3, size, size))
-        self._run("vae_decoder", [latent], [recon])
-        seconds["decode"] = time.perf_counter() - start
-        return self._score(image, recon, seconds)
+        return sample, seconds, step_seconds
 
     def _score(self, image, recon, seconds: dict[str, float], keep_reconstruction: bool = False) -> BackendOutput:
         start = time.perf_counter()

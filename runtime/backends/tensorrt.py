@@ -4,7 +4,8 @@ One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, 
 noise draw (:func:`runtime.schedule.noise_latents`), upload -> N x ``denoise_step`` on every draw at once (the hints
 copied once per draw on the device) -> with several draws, download, average on the host
 (:func:`runtime.schedule.mean_of_draws`, so the slot waits for its steps) and upload -> ``vae_decoder`` ->
-``scorer`` -> download.
+``scorer`` -> download. The VAE-only plan (no DDIM step) decodes the encoder's latent where it lies:
+upload -> ``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` -> download, nothing waited for on the host.
 
 Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`;
 successive batches take turns): each has its own CUDA stream, an execution context per engine, device buffers for
@@ -338,13 +339,34 @@ class Slot:
 
     def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
         """Queue one batch; returns once the encoders ran and the noised latents are queued for upload (with
-        several noise draws: once the steps ran and their mean is queued for upload)."""
+        several noise draws: once the steps ran and their mean is queued for upload; the VAE-only plan: at once,
+        the decoder reading the encoder's latent)."""
         batch = len(images)
-        draws = len(as_draws(noise))
         np.copyto(self.host["image"][:batch], images, casting="same_kind")
         self._record(0)
         self._copy("image", batch, to_device=True)
         self._run("vae_encoder", batch)
+        if plan.vae_only:  # no hint, no noise, no step: the clean latent is the sample
+            self._record(1)
+            self._record(2)
+            sample, noising = self.device["latent"], 0.0
+        else:
+            sample, noising = self._diffuse(plan, noise, batch)
+        self._record(3)
+        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
+        self._run("vae_decoder", batch)
+        self._record(4)
+        self._run("scorer", batch)
+        for buffer in ("anomaly_map", "score") + (("reconstruction",) if keep_reconstruction else ()):
+            self._copy(buffer, batch, to_device=False)
+        self._record(5)
+        self.job = {"batch": batch, "noising": noising, "keep": keep_reconstruction}
+
+    def _diffuse(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> tuple[int, float]:
+        """After the VAE encoder: the hint encoder, the latent noised on the host with each draw, the DDIM loop on
+        every draw at once and (several draws) their mean. Returns the sample latent's device address and the
+        host seconds spent noising."""
+        draws = len(as_draws(noise))
         self._run("hint_encoder", batch)
         self._replicate("hint", batch, draws)
         self._copy("latent", batch, to_device=False)
@@ -365,15 +387,7 @@ class Slot:
             latent[:batch] = mean_of_draws(latent[: batch * draws], draws)
             sample = self.device["mean"]
             self._copy("latent", batch, to_device=True, device=sample)
-        self._record(3)
-        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
-        self._run("vae_decoder", batch)
-        self._record(4)
-        self._run("scorer", batch)
-        for buffer in ("anomaly_map", "score") + (("reconstruction",) if keep_reconstruction else ()):
-            self._copy(buffer, batch, to_device=False)
-        self._record(5)
-        self.job = {"batch": batch, "noising": noising, "keep": keep_reconstruction}
+        return sample, noising
 
     def finish(self) -> BackendOutput:
         """Wait for the current job; its outputs (copied out of the pinned buffers) and stage seconds."""

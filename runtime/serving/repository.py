@@ -49,6 +49,8 @@ class ServedModel:
     instances: int = 1
     limits: Limits = Limits()
     name: str = "diad"
+    steps: int | None = None  # the DDIM plan (None: the manifest's; 0: the VAE-only plan)
+    start_t: int | None = None
 
     def parameters(self, manifest: Manifest, digest: str, summary: dict) -> dict[str, str]:
         """The config's parameters: what the Python model opens, and what clients read back."""
@@ -60,6 +62,8 @@ class ServedModel:
             "provider": self.provider or "",
             "max_pixels": str(self.limits.max_pixels),
             "max_side": str(self.limits.max_side),
+            "steps": "" if self.steps is None else str(self.steps),
+            "start_t": "" if self.start_t is None else str(self.start_t),
             "manifest_sha256": digest,
             "image_size": str(manifest.image_size),
             "calibrated": json.dumps(thresholds.calibrated),

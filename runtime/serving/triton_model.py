@@ -38,7 +38,9 @@ class TritonPythonModel:
         if device and device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         limits = Limits(max_pixels=int(p["max_pixels"]), max_side=int(p["max_side"]))
-        self.detector = Detector(p["model_dir"], p["backend"], device, limits=limits, provider=p["provider"] or None)
+        steps, start_t = (int(p[k]) if p.get(k) else None for k in ("steps", "start_t"))
+        self.detector = Detector(p["model_dir"], p["backend"], device, steps, start_t, limits=limits,
+                                 provider=p["provider"] or None)
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)

@@ -24,6 +24,7 @@ from training.models.vae import LatentAutoencoder
 
 CLIP_BOS, CLIP_EOS = 49406, 49407  # CLIP's <|startoftext|> and <|endoftext|> (also SD's padding token)
 ALPHAS_CUMPROD = alphas_cumprod()
+REPAIR_SNR_CAP = 5.0  # min-SNR weighting of the repair loss (training with synthetic defects)
 
 
 def empty_prompt_context(text_encoder: nn.Module, length: int = 77) -> torch.Tensor:
@@ -63,6 +64,22 @@ def mean_of_draws(samples: torch.Tensor, draws: int) -> torch.Tensor:
     """Per image, the mean over ``draws`` of draw-major ``(K * B, ...)`` latents, as
     ``runtime.schedule.mean_of_draws``."""
     return samples.view(draws, -1, *samples.shape[1:]).mean(dim=0)
+
+
+def repair_target(
+    noise: torch.Tensor, shift: torch.Tensor, alpha_bar: np.ndarray, snr_cap: float = REPAIR_SNR_CAP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epsilon target whose x0 estimate is the clean latent when the noised latent started ``shift`` away
+    from it, ``eps + sqrt(a / (1 - a)) * shift``, and per-sample loss weights ``min(SNR, cap) / SNR``
+    (SNR = a / (1 - a)): the x0 error weighted by at most ``cap`` (min-SNR weighting), so the lowest timesteps,
+    whose targets grow as ``1 / sqrt(1 - a)``, do not swamp the loss. Rows with no shift keep weight 1."""
+    a = np.asarray(alpha_bar, np.float64)
+    snr = a / (1.0 - a)
+    view = (-1,) + (1,) * (noise.ndim - 1)
+    gain = torch.from_numpy(np.sqrt(snr).astype(np.float32)).to(noise).view(view)
+    repaired = shift.flatten(1).abs().amax(dim=1) > 0
+    weight = torch.from_numpy((np.minimum(snr, snr_cap) / snr).astype(np.float32)).to(noise)
+    return noise + gain * shift, torch.where(repaired, weight, torch.ones_like(weight))
 
 
 class DiAD(nn.Module):
@@ -155,10 +172,16 @@ class DiAD(nn.Module):
         every image, each denoised, the sample latents averaged (:func:`mean_of_draws`).
         Returns ``reconstruction`` (decoded DDIM sample), ``vae_reconstruction`` (decoded clean latent, if asked),
         ``latent``, ``noised_latent`` (with the first draw) and ``sample_latent`` (the mean over draws: decoded).
+        ``steps`` 0 is the VAE-only plan: no noise, no hint, the clean latent is the sample (both reconstructions
+        are its decode).
         """
         inference = self.config.inference
         plan = ddim_plan(inference.steps if steps is None else steps, inference.start_t if start_t is None else start_t)
         latent = self.vae.encode_mean(image)
+        if plan.vae_only:
+            decoded = self.vae.decode(latent)
+            out = {"reconstruction": decoded, "latent": latent, "noised_latent": latent, "sample_latent": latent}
+            return out | ({"vae_reconstruction": decoded} if decode_vae_reconstruction else {})
         if noise is None:
             draws = inference.draws if draws is None else draws
             noise = torch.from_numpy(noise_draws(tuple(latent.shape[1:]), inference.noise_seed, draws)).to(latent)
@@ -185,23 +208,35 @@ class DiAD(nn.Module):
         with_sg: bool = True,
         timestep: int | None = None,
         max_timestep: int = NUM_TRAIN_TIMESTEPS,
+        corrupted: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """epsilon-MSE at ``t ~ U{0..max_timestep-1}`` on the posterior-sample latent (the reference's training
         loss, with ``max_timestep`` 1000).
 
         ``timestep`` fixes t for all samples (validation); ``with_sg=False`` scores the plain UNet.
+        ``corrupted``: the same images with synthetic defects (:mod:`training.anomaly_synthesis`; rows without one
+        equal ``image``). Their latent is noised and their hint steers, but the target is the noise that leads
+        back to the clean latent (:func:`repair_target`).
         """
         with torch.no_grad():
             latent = self.vae.encode_sample(image, generator)
+            shift = None  # with defects: the clean posterior sample is moved by the defect's shift of the mean
+            if corrupted is not None:
+                shift = self.vae.encode_mean(corrupted) - self.vae.encode_mean(image)
         if timestep is None:
             device = generator.device if generator is not None else "cpu"
             t = torch.randint(0, max_timestep, (image.shape[0],), generator=generator, device=device)
         else:
             t = torch.full((image.shape[0],), timestep, dtype=torch.long)
         noise = randn_tensor(latent.shape, generator=generator, device=latent.device, dtype=latent.dtype)
-        noised = q_sample(latent, noise, ALPHAS_CUMPROD[t.cpu().numpy()])
-        hint = self.sg.encode_hint(image) if with_sg else None
-        return F.mse_loss(self.denoise(noised, t.to(latent.device), hint), noise)
+        alpha = ALPHAS_CUMPROD[t.cpu().numpy()]
+        noised = q_sample(latent if shift is None else latent + shift, noise, alpha)
+        hint = self.sg.encode_hint(image if corrupted is None else corrupted) if with_sg else None
+        predicted = self.denoise(noised, t.to(latent.device), hint)
+        if corrupted is None:
+            return F.mse_loss(predicted, noise)
+        target, weight = repair_target(noise, shift, alpha)
+        return (weight * (predicted - target).pow(2).flatten(1).mean(dim=1)).mean()
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component (works on the meta device)."""

@@ -81,6 +81,11 @@ class ScorerConfig:
     layers: tuple[int, ...] = (1, 2, 3)
     weights_tag: str = "a1_in1k"  # timm's default resnet50 weights in the reference's timm version
     weights: str | None = None  # local .safetensors / timm checkpoint; None: look in the local HF cache
+    # "none": the reference's 1 - cos; "residual" / "joint": the distance from normal statistics of the feature
+    # residual (and of the image's features), fitted on the training images (training.models.normal_statistics)
+    statistics: str = "none"
+    statistics_scope: str = "position"  # one Gaussian per position, or "shared": one covariance for all positions
+    statistics_channels: int = 64  # channels kept per layer and stream
 
 
 @dataclass
@@ -130,6 +135,7 @@ class DiADRecipe:
     unet_lr: float | None = None  # the unet stage's, when the UNet is trained from scratch (default: lr)
     weight_decay: float = 0.01
     max_timestep: int = 1000  # the sg stage trains at t ~ U{0..max_timestep-1}; the reference: all 1000
+    synthesis: float = 0.0  # share of each batch given a synthetic defect to remove (training.anomaly_synthesis)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch import nn
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.scoring import map_matrices, pool_matrix
 from training.models.backbones import RANDOM, create_backbone, find_weights
+from training.models.normal_statistics import NormalStatistics
 from training.models.presets import ScorerConfig
 
 
@@ -63,6 +64,7 @@ class FeatureScorer(nn.Module):
             self.register_buffer(f"map_matrix_{k}", torch.from_numpy(matrix), persistent=False)
         pool = torch.from_numpy(pool_matrix(image_size)).float()
         self.register_buffer("pool_matrix", pool, persistent=False)
+        self.statistics: NormalStatistics | None = None  # see use_statistics
 
     @classmethod
     def from_config(cls, config: ScorerConfig, image_size: int, pretrained: bool = True) -> FeatureScorer:
@@ -78,9 +80,27 @@ class FeatureScorer(nn.Module):
         return both * self.input_scale + self.input_shift if self.renormalize else both
 
     def distances(self, features: Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
-        """Per scale ``1 - cos`` along channels, ``(B, h, h)``, between the first ``batch`` feature maps (the
-        images) and the others (their reconstructions)."""
+        """Per scale ``(B, h, h)`` distances between the first ``batch`` feature maps (the images) and the others
+        (their reconstructions): ``1 - cos`` along channels, or, with :attr:`statistics`, the distance from what
+        normal images look like (:class:`~training.models.normal_statistics.NormalStatistics`)."""
+        if self.statistics is not None:
+            return self.statistics.distances(features, batch)
         return [1.0 - F.cosine_similarity(f[:batch], f[batch:], dim=1, eps=1e-8) for f in features]
+
+    def widths(self) -> list[int]:
+        """Channels of each scale's feature map."""
+        return list(self.backbone.feature_info.channels())
+
+    def use_statistics(self, statistics: NormalStatistics | None) -> FeatureScorer:
+        """Score against ``statistics`` (their channels must exist in this backbone), or by ``1 - cos`` (None)."""
+        if statistics is not None:
+            if statistics.layers != self.num_scales:
+                raise ValueError(f"statistics of {statistics.layers} layers for a scorer of {self.num_scales}")
+            for k, width in enumerate(self.widths()):
+                if int(getattr(statistics, f"channels_{k}").max()) >= width:
+                    raise ValueError(f"statistics layer {k} uses channels beyond the backbone's {width}")
+        self.statistics = statistics
+        return self
 
     def cos_maps(self, image: torch.Tensor, reconstruction: torch.Tensor) -> list[torch.Tensor]:
         """Per scale ``1 - cos`` along channels, ``(B, h, h)``; both images through one backbone call."""
