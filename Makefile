@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-# The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> evaluation -> export -> calibration -> the
-# stream over synthetic conveyor frames. Both training stages start from the shipped tiny base model and use the
+# The demo: synthetic data -> tiny autoencoder -> tiny DiAD -> normal statistics -> evaluation -> export ->
+# calibration -> the stream over synthetic conveyor frames. Both training stages start from the shipped tiny base model and use the
 # preset's recipe: the Makefile passes only data, folders and budgets. Each stage is cached; a training stage
 # killed mid-way resumes from its last checkpoint on the next `make demo`; only the stream runs every time.
 DATA ?= data/synthetic
@@ -50,10 +50,16 @@ $(RUN)/.train-done: $(RUN)/.autoencoder-done
 		$(if $(wildcard $(RUN)/checkpoints/last.safetensors),--resume)
 	touch $@
 
-$(RUN)/metrics.md: $(RUN)/.train-done
+# The scorer's normal statistics (the image's features and the reconstruction's feature residual on the training
+# images, for the recipe's plan and for the VAE alone): evaluation scores with them, export carries them.
+$(RUN)/.statistics-done: $(RUN)/.train-done
+	$(PY) -m training.statistics --run $(RUN) --data $(DATA)
+	touch $@
+
+$(RUN)/metrics.md: $(RUN)/.statistics-done
 	$(PY) -m training.evaluate --run $(RUN) --data $(DATA) $(EVAL_ARGS)
 
-$(MODEL)/manifest.json: $(RUN)/.train-done
+$(MODEL)/manifest.json: $(RUN)/.statistics-done
 	$(PY) -m export --run $(RUN) --out $(MODEL)
 
 # Thresholds from normal images the model never saw (a second synthetic set, another seed, 50 per class) at a 5 %

@@ -57,8 +57,9 @@ from runtime.backends.onnxruntime import physical_cores
 from runtime.cli import run_cli
 from runtime.errors import BackendError, CheckpointError, DatasetLayoutError, DiadError
 from runtime.manifest import Manifest
-from runtime.metrics import COLUMNS, per_class
+from runtime.metrics import COLUMNS, json_safe, per_class
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image
+from runtime.schedule import plan_label
 from training.data import AnomalyDataset, Sample, load_index
 from training.models.backbones import RANDOM, find_weights, load_weights
 from training.run_folder import atomic_write_text
@@ -252,17 +253,6 @@ def time_detector(model_dir: Path, frames: Sequence[np.ndarray], steps: int | No
 # -------------------------------------------------------------------------------------------------- the rows
 
 
-def nan_to_none(value: Any) -> Any:
-    """NaN (an undefined metric) as ``None``, recursively, so the JSON is strict."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [nan_to_none(v) for v in value]
-    return value
-
-
 def metric_row(method: str, rows: Sequence[dict], **extra: Any) -> dict[str, Any]:
     """A table row from ``per_class`` rows: the mean's I-AUROC / P-AUROC / AU-PRO and per-class I-AUROC."""
     mean = next(r for r in rows if r["class"] == "mean")
@@ -346,7 +336,7 @@ def write_outputs(out: Path, record: dict[str, Any], text: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "peers.md", text)
     atomic_write_text(out / "peers.csv", csv_text(record["rows"], record["dataset"]["classes"]))
-    atomic_write_text(out / "peers.json", json.dumps(nan_to_none(record), indent=2) + "\n")
+    atomic_write_text(out / "peers.json", json.dumps(json_safe(record), indent=2) + "\n")
 
 
 # -------------------------------------------------------------------------------------------------- command
@@ -412,8 +402,9 @@ def detector_rows(model: Path, test: Sequence[Sample], repeats: int) -> tuple[li
         result = time_detector(model, frames, steps, repeats)
         if result["available"]:
             info = result["summary"]
-            where = (f"{info['preset']} {info['image_size']} px, {info['steps']} steps from t={info['start_t']}, "
-                     f"{info['draws']} draw(s)")
+            plan = plan_label(info["steps"], info["start_t"])
+            draws = f", {info['draws']} draw(s)" if info["steps"] else ""
+            where = f"{info['preset']} {info['image_size']} px, {plan}{draws}"
             rows.append({"method": f"{label}: {where}", "ms_per_image": result["ms_per_image"], "detector": info})
         else:
             rows.append({"method": f"{label}: not available", "note": result["note"]})

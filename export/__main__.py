@@ -11,10 +11,11 @@ from export.parity import check_parity, format_parity, parity
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError
 from runtime.schedule import DDIMPlan
+from training.models.diad import DiAD
 from training.models.normal_statistics import NormalStatistics, StatisticsSettings
-from training.models.scorer import seeded_scorer
+from training.models.scorer import FeatureScorer, seeded_scorer
 from training.run_folder import RunFolder
-from training.statistics import add_statistics_arguments, chosen_statistics, plan_name, statistics_path
+from training.statistics import add_statistics_arguments, chosen_statistics, ensure, plan_name, statistics_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draws", type=int,
                         help="noise draws per image, their sample latents averaged (default: the run's config)")
     add_statistics_arguments(parser)
+    parser.add_argument("--data", help="dataset whose training images fit the scorer's normal statistics when the "
+                        "run has none for this plan yet (default: none; they must have been fitted)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -43,22 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def saved_statistics(
-    run: RunFolder, settings: StatisticsSettings | None, plan: DDIMPlan, draws: int | None
+    run: RunFolder, model: DiAD, scorer: FeatureScorer, settings: StatisticsSettings | None, plan: DDIMPlan,
+    draws: int | None, data: str | None,
 ) -> NormalStatistics | None:
-    """The run's normal statistics ``settings`` for ``plan`` (None: ``1 - cos``); missing ones are a
-    :class:`CheckpointError` with the command that fits them."""
+    """The run's normal statistics ``settings`` for ``plan`` (None: ``1 - cos``), fitted on ``data``'s training
+    images when the run has none yet; without ``data`` that is a :class:`CheckpointError` saying how to fit them."""
     if settings is None:
         return None
-    config = run.model_config()
-    draws = config.inference.draws if draws is None else draws
-    path = statistics_path(run, settings, plan_name(plan.steps, plan.start_t, draws))
-    if not path.is_file():
+    draws = model.config.inference.draws if draws is None else draws
+    name = plan_name(plan.steps, plan.start_t, draws)
+    path = statistics_path(run, settings, name)
+    if path.is_file():
+        return NormalStatistics.load(path)
+    if data is None:
         raise CheckpointError(
-            f"{path}: missing; the scorer measures against normal statistics, fit them for this plan first: "
-            f"python -m training.statistics --run {run.root} --data DATA --kind {settings.kind} --scope "
-            f"{settings.scope} --steps {plan.steps} --start-t {plan.start_t} --draws {draws}"
+            f"{path}: missing; the scorer measures against normal statistics, fit them for this plan first: give "
+            f"--data DATA, or python -m training.statistics --run {run.root} --data DATA --kind {settings.kind} "
+            f"--scope {settings.scope} --steps {plan.steps} --start-t {plan.start_t} --draws {draws}"
         )
-    return NormalStatistics.load(path)
+    return ensure(run, model, scorer, data, settings, plan.steps, plan.start_t, draws)[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = model.config
     scorer = seeded_scorer(config.scorer, config.image_size, config.inference.noise_seed)
     wanted = chosen_statistics(config.scorer, args.statistics, args.statistics_scope)
-    scorer.use_statistics(saved_statistics(run, wanted, export_plan(config, args.steps, args.start_t), args.draws))
+    plan = export_plan(config, args.steps, args.start_t)
+    scorer.use_statistics(saved_statistics(run, model, scorer, wanted, plan, args.draws, args.data))
     manifest, exported = write_model_folder(
         model, scorer, args.out, args.precision, args.max_batch, args.steps, args.start_t, args.opset,
         source=str(Path(args.run).resolve()), draws=args.draws,

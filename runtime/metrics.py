@@ -30,6 +30,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -346,3 +347,14 @@ def _undefined(name: str, reason: str) -> float:
     """Warn that metric ``name`` is undefined and return NaN."""
     warnings.warn(f"{name} is undefined ({reason}); returning NaN", UndefinedMetricWarning, stacklevel=4)
     return math.nan
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (an undefined metric) as ``None``, recursively through dicts and lists, so the JSON is strict."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

@@ -44,6 +44,7 @@ def tiny_run(tmp_path_factory):
     from training.run_folder import RunFolder
 
     config = get_preset("tiny")
+    config.scorer.statistics = "none"  # 1 - cos: no fitted statistics needed (tests/test_normal_statistics.py)
     torch.manual_seed(0)
     run = RunFolder(tmp_path_factory.mktemp("run")).create()
     run.write_config({"model": config.to_dict()})

@@ -27,6 +27,7 @@ STRIP_WIDTH = 5 * SIZE + 4 * 2  # five tiles, runtime.visualize.grid's 2-pixel p
 def run_dir(tmp_path_factory) -> Path:
     config = get_preset("tiny")
     config.injection, config.inference = "mid+sff", InferenceConfig(start_t=999, steps=10)  # the reference's
+    config.scorer.statistics = "none"  # 1 - cos unless a test asks for statistics
     torch.manual_seed(0)
     run = RunFolder(tmp_path_factory.mktemp("run")).create()
     run.write_config({"model": config.to_dict()})

@@ -402,3 +402,8 @@ def test_a_scorer_with_normal_statistics_exports_them_into_its_one_graph(tiny_ru
     assert record["plan"] == {"steps": 1, "start_t": 24, "draws": 2} and record["images"] == 8
     with pytest.warns(UserWarning, match="normal statistics fitted for DDIM 1 steps from t=24"):
         Detector(tmp_path / "m", steps=2).close()
+    # other statistics, fitted by the export itself from --data
+    assert export_main([*args[:3], str(tmp_path / "p"), *args[4:], "--statistics", "residual", "--statistics-scope",
+                        "position", "--data", str(synthetic_data), "--no-verify"]) == 0
+    assert (run / "statistics" / "residual-position-8" / "t24_steps1_draws2.safetensors").is_file()
+    assert Manifest.load(tmp_path / "p").data["scorer"]["statistics"]["kind"] == "residual"

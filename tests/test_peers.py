@@ -151,7 +151,7 @@ def test_detector_rows_time_the_plan_and_mark_a_refused_vae_plan_not_available(i
     monkeypatch.setattr(peers, "Detector", FakeDetector)
     rows, notes = peers.detector_rows(tmp_path, index.split("test")[:3], repeats=2)
     plan, vae = rows
-    assert plan["method"] == "Detector (manifest plan): tiny 32 px, 2 steps from t=24, 2 draw(s)"
+    assert plan["method"] == "Detector (manifest plan): tiny 32 px, DDIM 2 steps from t=24, 2 draw(s)"
     assert set(plan["ms_per_image"]) == {"1", "8"} and all(v >= 0 for v in plan["ms_per_image"].values())
     assert vae["method"].endswith("not available") and "steps=0" in vae["note"] and "ms_per_image" not in vae
     assert len(notes) == 1 and "ModelFolderError" in notes[0]

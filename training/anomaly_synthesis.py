@@ -52,7 +52,8 @@ def uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 def defect_mask(size: int, generator: torch.Generator) -> torch.Tensor:
     """One defect region ``(size, size)`` of 0/1: Perlin noise over a threshold, inside a random round window."""
-    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    axis = torch.arange(size, dtype=torch.float32)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
     for _ in range(ATTEMPTS):
         cells = 2 ** int(torch.randint(1, 4, (), generator=generator))
         noise = perlin(size, cells, generator)

@@ -25,7 +25,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import shutil
 import time
 from collections import defaultdict
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, DatasetLayoutError
 from runtime.files import GOOD
-from runtime.metrics import COLUMNS, per_class, to_markdown
+from runtime.metrics import COLUMNS, json_safe, per_class, to_markdown
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from runtime.schedule import ddim_plan
 from runtime.visualize import grid, heatmap, label, overlay, write_rgb
@@ -372,17 +371,6 @@ def write_histogram(path: Path, result: EvaluationResult) -> None:
     fig.savefig(path, dpi=80)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN (undefined metrics) as ``null``, so ``metrics.json`` is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -478,7 +466,7 @@ def write_evaluation(out: Path, result: EvaluationResult, info: dict[str, Any]) 
     atomic_write_text(out / "metrics.csv", metrics_csv(metrics))
     atomic_write_text(out / "metrics.md", text)
     record = {**info, "heatmap_range": [0.0, vmax], "metrics": metrics}
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(record), indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(json_safe(record), indent=2) + "\n")
     return text
 
 

@@ -30,7 +30,7 @@ VAE_PLAN = "vae"
 
 
 def plan_name(steps: int, start_t: int, draws: int) -> str:
-    """The file stem of a plan's statistics: ``vae`` for no DDIM steps, else ``t{start_t}_steps{steps}_draws{draws}``."""
+    """The file stem of a plan's statistics: ``vae`` (no DDIM steps) or ``t{start_t}_steps{steps}_draws{draws}``."""
     return VAE_PLAN if steps == 0 else f"t{start_t}_steps{steps}_draws{draws}"
 
 

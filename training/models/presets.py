@@ -227,7 +227,9 @@ def tiny() -> ModelConfig:
     whose sample latents are averaged: with one draw the least noise measured scored best (t = 12), and a draw's
     luck moved I-AUROC by up to 0.015 between seeds; the pair cancels the noise's first-order effect, is as good as
     16 independent draws, and put DiAD level with or ahead of its VAE (0.953 / 0.971 / 0.930 against 0.953 / 0.971 /
-    0.929 on a 229 + 594-step demo run of 2026-12-03; one draw at t = 12: 0.947 / 0.969 / 0.927).
+    0.929 on a 229 + 594-step demo run of 2026-12-03; one draw at t = 12: 0.947 / 0.969 / 0.927). The scorer
+    measures the image's features and the reconstruction's feature residual against their normal statistics
+    (``joint``, one covariance shared by the positions; docs/peers.md has the measurements).
     """
     return ModelConfig(
         name="tiny",
@@ -245,7 +247,9 @@ def tiny() -> ModelConfig:
             sample_size=16,
         ),
         sg=SGConfig(hint_channels=(8, 16, 32, 32)),
-        scorer=ScorerConfig(backbone="tf_efficientnet_lite0", weights_tag="in1k"),
+        scorer=ScorerConfig(
+            backbone="tf_efficientnet_lite0", weights_tag="in1k", statistics="joint", statistics_scope="shared"
+        ),
         inference=InferenceConfig(start_t=24, steps=2, draws=2),
     )
 
