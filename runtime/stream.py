@@ -621,9 +621,11 @@ def summary_text(summary: dict) -> str:
     scorer = model["scorer"]
     weights = "RANDOM weights" if scorer.get("weights") == "random" else "ImageNet weights"
     draws = "" if model["steps"] == 0 else f" x {model.get('draws', 1)} noise draw(s)"
+    statistics = scorer.get("statistics")
+    scoring = f", against {statistics['kind']}/{statistics['scope']} normal statistics" if statistics else ""
     parts.append(
         f"model {model['preset']}, {plan_label(model['steps'], model['start_t'])}{draws}, scorer "
-        f"{scorer.get('backbone')} layers {scorer.get('layers')} ({weights})"
+        f"{scorer.get('backbone')} layers {scorer.get('layers')} ({weights}{scoring})"
     )
     return "; ".join(parts) + f" ({summary['stop_reason']})"
 

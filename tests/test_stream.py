@@ -506,3 +506,15 @@ def test_a_failing_model_or_output_stops_the_run_with_a_summary(tiny, tiny_detec
     err = capsys.readouterr().err
     frames, errors, _ = _summary(err)
     assert "model failed: RuntimeError: device lost" in err and 1 <= frames == errors <= 5
+
+
+def test_the_summary_names_the_scorer_and_its_normal_statistics():
+    from runtime.stream import summary_text
+
+    model = {"preset": "tiny", "steps": 2, "start_t": 24, "draws": 2,
+             "scorer": {"backbone": "tf_efficientnet_lite0", "layers": [1, 2, 3], "weights": "w.pth"}}
+    summary = {"frames": 3, "errors": 0, "dropped": 0, "elapsed_s": 1.0, "fps": 3.0, "p50_ms": None,
+               "image_auroc": None, "accuracy": None, "model": model, "stop_reason": "frame limit"}
+    assert "scorer tf_efficientnet_lite0 layers [1, 2, 3] (ImageNet weights)" in summary_text(summary)
+    model["scorer"]["statistics"] = {"kind": "joint", "scope": "shared", "channels": 64, "plan": {}}
+    assert "(ImageNet weights, against joint/shared normal statistics)" in summary_text(summary)
