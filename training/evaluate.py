@@ -7,7 +7,10 @@ Two methods are scored by the same feature scorer, so every table shows what dif
 * ``vae``: the VAE-only reconstruction ``decode(encode_mean(x))``, decoded from the same latent, no diffusion.
 
 Every image gets the same noise, so an image always gets the same score, batched or not. Metrics are
-``runtime.metrics.per_class`` (per class, then the mean over classes).
+``runtime.metrics.per_class`` (per class, then the mean over classes). The scorer compares the image with each
+reconstruction by ``1 - cos`` or, when the run's scorer config (the ``tiny`` preset) or ``--statistics`` asks for
+it, by the distance from normal statistics fitted on the training images for each method's reconstructions
+(:mod:`training.statistics`; fitted once and kept in the run folder).
 
 Where results go: with the run's own settings (start timestep, DDIM steps, SG injection, noise draws from
 ``config.json``) into the run folder itself; with any of them overridden into ``RUN_DIR/evaluations/<tag>/`` (e.g.
