@@ -68,3 +68,18 @@ def test_training_loss_with_unchanged_images_is_the_plain_loss():
         other = model.training_loss(x, torch.Generator().manual_seed(0), max_timestep=200, corrupted=x + 0.5)
     assert float(same) == pytest.approx(float(plain), rel=1e-6)
     assert float(other) != pytest.approx(float(plain), rel=1e-3)
+
+
+def test_patch_masking_blanks_whole_squares_in_the_chosen_rows():
+    from training.anomaly_synthesis import MASK_PATCH, mask_patches
+
+    x = batch(4, 64)
+    out, chosen = mask_patches(x, torch.Generator().manual_seed(0), 1.0)
+    assert chosen.all()
+    for image in out:
+        blank = (image == 0).all(dim=0).float()  # masked pixels are the ImageNet mean: 0 in every channel
+        cells = blank.view(64 // MASK_PATCH, MASK_PATCH, 64 // MASK_PATCH, MASK_PATCH).mean(dim=(1, 3))
+        assert set(cells.unique().tolist()) <= {0.0, 1.0}, "whole squares, nothing else"
+        assert 0.0 < float(cells.mean()) < 0.8
+    same, none = mask_patches(x, torch.Generator().manual_seed(0), 0.0)
+    assert torch.equal(same, x) and not none.any()

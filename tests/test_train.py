@@ -160,11 +160,12 @@ def test_generated_data_trains_the_unet_stage(tmp_path):
     assert config["data"] == "generic" and config["unet_pretrained"] is True
 
 
-@pytest.mark.parametrize("trainer", ["autoencoder", "diad", "diad+synthesis"])
+@pytest.mark.parametrize("trainer", ["autoencoder", "diad", "diad+synthesis", "diad+masking"])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trainer):
     """N steps, then --resume for N more, end with the same weights as 2N steps in one go: the checkpoint holds
     the optimiser, the random generators and the data position. DiAD on one class (4 training images, 1 held
-    out): the resumed half starts a new epoch; with synthetic defects, their generator resumes too."""
+    out): the resumed half starts a new epoch; with synthetic defects or masked patches, their generator resumes
+    too."""
     if trainer == "autoencoder":
         def run_for(out, steps, *extra):
             finetune_main(["--data", str(dataset), "--out", str(out), "--init", "scratch", "--max-steps", str(steps),
@@ -172,7 +173,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(dataset, tmp_path, trai
         prefix = "vae."
     else:
         def run_for(out, steps, *extra):
-            synthesis = ["--synthesis", "0.5"] if trainer == "diad+synthesis" else []
+            synthesis = {"diad+synthesis": ["--synthesis", "0.5"], "diad+masking": ["--masking", "0.5"]}.get(trainer, [])
             train_main(_args(dataset, out, "--init", "scratch", "--max-steps", str(steps), "--unet-fraction", "0",
                              "--schedule", "constant", "--classes", "fabric", *synthesis, *extra))
         prefix = "sg."

@@ -21,6 +21,8 @@ from runtime.preprocess import preprocess
 from training import generic_images
 
 OPACITY = (0.5, 1.0)  # blend weight of the foreign image inside the defect
+MASK_PATCH = 16  # side of a masked square (pixels): 2 x 2 latent cells of the f8 autoencoder
+MASK_RATIO = (0.1, 0.5)  # share of an image's patches masked
 WINDOW = (0.08, 0.25)  # radius of the window that holds the defect, as a fraction of the image side
 THRESHOLD = (0.2, 0.5)  # Perlin values above this are defect
 ATTEMPTS = 8
@@ -87,4 +89,20 @@ def synthesize(
     for k in torch.nonzero(chosen).flatten().tolist():
         mask = defect_mask(images.shape[-1], generator).to(images) * uniform(generator, *OPACITY)
         out[k] = images[k] + mask * (foreign(images, k, generator) - images[k])
+    return out, chosen.to(images.device)
+
+
+def mask_patches(
+    images: torch.Tensor, generator: torch.Generator, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch masking (after OmiAD's masked training, here in pixels): in about ``fraction`` of the images, a random
+    share (``MASK_RATIO``) of the ``MASK_PATCH`` squares is set to the ImageNet mean (0 after normalisation), so the
+    denoiser has to fill them from their surroundings instead of copying. Returns the batch and the rows masked."""
+    chosen = torch.rand(len(images), generator=generator) < fraction
+    out = images.clone()
+    cells = images.shape[-1] // MASK_PATCH
+    for k in torch.nonzero(chosen).flatten().tolist():
+        keep = torch.rand(cells, cells, generator=generator) >= uniform(generator, *MASK_RATIO)
+        grid = keep.float().repeat_interleave(MASK_PATCH, 0).repeat_interleave(MASK_PATCH, 1).to(images)
+        out[k] = images[k] * grid
     return out, chosen.to(images.device)

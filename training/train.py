@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from runtime.cli import run_cli
 from runtime.schedule import NUM_TRAIN_TIMESTEPS
-from training.anomaly_synthesis import synthesize
+from training.anomaly_synthesis import mask_patches, synthesize
 from training.base_model import default_init, initialise
 from training.loop import (
     Budget,
@@ -70,6 +70,7 @@ class TrainConfig:
     unet_lr: float | None = None
     max_timestep: int = NUM_TRAIN_TIMESTEPS
     synthesis: float = 0.0
+    masking: float = 0.0
     val_fraction: float = 0.1
     val_every: int = 100
     checkpoint_minutes: float = 2.0
@@ -78,22 +79,25 @@ class TrainConfig:
 
 class Objective(nn.Module):
     """The loss as a module, so DDP can hook its forward. With ``synthesis`` > 0 (and a ``defects`` generator),
-    that share of each batch gets a synthetic defect for the network to remove (:mod:`training.anomaly_synthesis`)."""
+    that share of each batch gets a synthetic defect for the network to remove, with ``masking`` > 0 that share
+    masked patches to fill (:mod:`training.anomaly_synthesis`)."""
 
     def __init__(
         self, model: DiAD, with_sg: bool, max_timestep: int, synthesis: float = 0.0,
-        defects: torch.Generator | None = None,
+        defects: torch.Generator | None = None, masking: float = 0.0,
     ):
         super().__init__()
         self.model = model
         self.with_sg = with_sg
         self.max_timestep = max_timestep
-        self.synthesis, self.defects = synthesis, defects
+        self.synthesis, self.defects, self.masking = synthesis, defects, masking
 
     def forward(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         corrupted = None
         if self.synthesis > 0 and self.defects is not None:
             corrupted, _ = synthesize(image, self.defects, self.synthesis)
+        if self.masking > 0 and self.defects is not None:
+            corrupted, _ = mask_patches(image if corrupted is None else corrupted, self.defects, self.masking)
         return self.model.training_loss(
             image, generator, with_sg=self.with_sg, max_timestep=self.max_timestep, corrupted=corrupted
         )
@@ -119,6 +123,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="share of each batch given a synthetic defect to remove in the sg stage (default: the recipe's; "
         "the reference: 0)",
     )
+    p.add_argument("--masking", type=float, default=0.0,
+                   help="share of each batch with masked patches to fill in the sg stage (default: 0)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="images per micro-batch and process (default: recipe)")
     p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimiser step (default: recipe)")
@@ -181,7 +187,7 @@ class DiADTraining(TrainingLoop):
         self.current: torch.optim.Optimizer | None = None
         self.objective: nn.Module | None = None
         self.generators = {"noise": torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)}
-        if cfg.synthesis > 0:  # drawn on the CPU: the defects are made there
+        if cfg.synthesis > 0 or cfg.masking > 0:  # drawn on the CPU: the defects are made there
             self.generators["defects"] = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 7)
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
@@ -199,7 +205,7 @@ class DiADTraining(TrainingLoop):
             sg = want == "sg"
             self.objective = Objective(
                 self.model, sg, self.cfg.max_timestep if sg else NUM_TRAIN_TIMESTEPS,
-                self.cfg.synthesis if sg else 0.0, self.generators.get("defects"),
+                self.cfg.synthesis if sg else 0.0, self.generators.get("defects"), self.cfg.masking if sg else 0.0,
             )
             if self.world > 1:
                 self.objective = DistributedDataParallel(self.objective, find_unused_parameters=True)
@@ -258,6 +264,7 @@ def train(args: argparse.Namespace) -> DiAD:
         unet_lr=args.unet_lr or recipe.unet_lr,
         max_timestep=args.max_timestep or recipe.max_timestep,
         synthesis=recipe.synthesis if args.synthesis is None else args.synthesis,
+        masking=args.masking,
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         checkpoint_minutes=args.checkpoint_minutes,
