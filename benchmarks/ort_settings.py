@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks.memory import status_mib
-from runtime.backends.onnxruntime import OPTIMIZED_CACHE, PROVIDERS, SessionSettings, _import_ort, open_session
+from runtime.backends.onnxruntime import OPTIMIZED_CACHE, PROVIDERS, SessionSettings, import_ort, open_session
 from runtime.cli import run_cli
 from runtime.manifest import COMPONENT_IO, Manifest, schedule_inputs
 
@@ -58,7 +58,7 @@ def step_feeds(manifest: Manifest) -> dict[str, np.ndarray]:
 
 def measure(folder: str, variant: str, steps: int) -> dict:
     """One (folder, variant) in this process: session seconds, per-step seconds, peak RSS."""
-    ort = _import_ort()
+    ort = import_ort()
     manifest = Manifest.load(folder, verify=False)
     settings = SessionSettings(**VARIANTS[variant])
     start = time.perf_counter()

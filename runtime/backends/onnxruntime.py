@@ -48,7 +48,8 @@ PROVIDERS = {  # runtime.devices.PROVIDERS: ONNX Runtime's execution providers, 
 }
 
 
-def _import_ort():
+def import_ort():
+    """The ``onnxruntime`` module, or a :class:`BackendError` saying how to install it."""
     try:
         import onnxruntime
     except ImportError:
@@ -244,7 +245,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(manifest, device)
         self.settings = settings or SessionSettings()
         self.provider, self.device_id = onnxruntime_provider(device, provider)
-        ort = _import_ort()
+        ort = import_ort()
         wanted = PROVIDERS[self.provider]
         if wanted[0] not in ort.get_available_providers():
             raise BackendError(
