@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -124,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     run = RunFolder(args.run)
     config = run.model_config()
-    base = settings_of(config.scorer) or StatisticsSettings()
-    settings = StatisticsSettings(args.kind or base.kind, args.scope or base.scope, args.channels or base.channels)
+    default_kind = "joint" if settings_of(config.scorer) is None else None  # a 1 - cos run: fit the default kind
+    settings = chosen_statistics(config.scorer, args.kind or default_kind, args.scope)
+    if args.channels:
+        settings = replace(settings, channels=args.channels)
     inference = config.inference
     steps = inference.steps if args.steps is None else args.steps
     start_t = inference.start_t if args.start_t is None else args.start_t
