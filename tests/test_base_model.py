@@ -47,6 +47,15 @@ def test_base_model_round_trip_in_fp16(tmp_path):
     assert torch.equal(target.sg.controlnet.conv_in.weight, target.unet.conv_in.weight)
 
 
+def test_base_model_loads_at_another_image_size(tmp_path):
+    path = write_base(_tiny(1), tmp_path / "base.safetensors", {})
+    config = get_preset("tiny")
+    config.image_size, config.unet.sample_size = 256, 32
+    target = build_model(config)
+    load_base(target, path)
+    assert torch.equal(target.unet.conv_in.weight, _tiny(1).unet.conv_in.weight.half().float())
+
+
 def test_base_model_of_another_graph_or_file_is_refused(tmp_path):
     path = write_base(_tiny(1), tmp_path / "base.safetensors", {})
     config = get_preset("tiny")

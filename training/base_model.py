@@ -51,6 +51,13 @@ def _graph(model: DiAD) -> dict[str, Any]:
     return json.loads(json.dumps(graph))  # as a file's metadata reads back: tuples become lists
 
 
+def _size_free(graph: dict[str, Any]) -> dict[str, Any]:
+    """``graph`` without its image and latent sizes: the networks are fully convolutional (no position
+    embeddings), so a base model loads into a model of the same layers at any image size."""
+    return {**{k: v for k, v in graph.items() if k != "image_size"},
+            "unet": {k: v for k, v in graph["unet"].items() if k != "sample_size"}}
+
+
 def write_base(model: DiAD, path: str | Path, record: dict[str, Any]) -> Path:
     """Save ``model``'s VAE, UNet and context in fp16 (context in fp32), atomically."""
     path = Path(path)
@@ -85,9 +92,10 @@ def read_base(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def load_base(model: DiAD, path: str | Path) -> dict[str, Any]:
-    """Load a base model into ``model`` (strict; the SG encoder copied from the UNet); returns its record."""
+    """Load a base model into ``model`` (strict, any image size; the SG encoder copied from the UNet); returns
+    its record."""
     tensors, info = read_base(path)
-    if info["graph"] != _graph(model):
+    if _size_free(info["graph"]) != _size_free(_graph(model)):
         raise CheckpointError(
             f"{path}: made for another model ({json.dumps(info['graph'])}); this run's model is "
             f"{json.dumps(_graph(model))}"
