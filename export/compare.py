@@ -21,7 +21,7 @@ from export.tensorrt import BATCH_AXIS, build_engine, parse_components, profile_
 from runtime.backends.tensorrt_env import TensorRTUnavailableError, import_tensorrt, select_device
 from runtime.cli import run_cli
 from runtime.devices import cuda_ordinal
-from runtime.manifest import COMPONENTS, Manifest, schedule_inputs
+from runtime.manifest import Manifest, noise_inputs, schedule_inputs
 
 
 @dataclass
@@ -59,11 +59,12 @@ def tensorrt_unavailable(device: int = 0) -> str | None:
 
 def random_inputs(manifest: Manifest, component: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Float32 inputs at ``batch``: N(0, 1), except timestep/alphas, which cycle through the steps of
-    :meth:`Manifest.step_plan` (the manifest's plan, or a DDIM plan where that is VAE-only)."""
+    :meth:`Manifest.step_plan` (the manifest's plan, or a DDIM plan where that is VAE-only), and the noising
+    coefficients, the plan's."""
     rng = np.random.default_rng(seed)
     plan = manifest.step_plan()
     steps = np.arange(batch) % len(plan.timesteps)
-    schedule = {name: values[steps] for name, values in schedule_inputs(plan).items()}
+    schedule = {name: values[steps] for name, values in schedule_inputs(plan).items()} | noise_inputs(plan, batch)
     feed = {}
     for name, dims in manifest.component(component)["inputs"].items():
         shape = (batch, *dims[1:])
@@ -144,7 +145,8 @@ def compare_component(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder (manifest.json + ONNX graphs)")
-    p.add_argument("--components", type=parse_components, default=list(COMPONENTS), help="comma-separated subset")
+    p.add_argument("--components", type=parse_components,
+                   help="comma-separated subset (default: every component the folder holds)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the random inputs (default: 2)")
     p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (default: 1e-3)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default: 1e-3)")
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with G_LOGGER.verbosity(G_LOGGER.INFO if args.verbose else G_LOGGER.ERROR):
         reports = [
             compare_component(manifest, c, args.batch_size, args.atol, args.rtol, skipped is None, device)
-            for c in args.components
+            for c in args.components or manifest.components
         ]
     for report in reports:
         print("\n".join(report.lines()))

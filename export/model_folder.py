@@ -1,4 +1,5 @@
-"""Run folder -> model folder: the five ONNX graphs (FP32 or FP16) and ``manifest.json``."""
+"""Run folder -> model folder: the five ONNX graphs of the model (FP32 or FP16), the two weight-free graphs that
+keep the noise draws on the device (:mod:`export.draw_graphs`, FP32) and ``manifest.json``."""
 from __future__ import annotations
 
 import shutil
@@ -10,12 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from export.draw_graphs import write_draw_graphs
 from export.fp16 import to_fp16
 from export.graphs import Component, components, example_shapes, fp32_scopes
 from export.onnx import DEFAULT_OPSET, check, export_component, save
 from runtime.errors import ModelFolderError
 from runtime.manifest import (
     COMPONENTS,
+    DRAW_COMPONENTS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -121,6 +124,27 @@ def statistics_entry(scorer: FeatureScorer) -> dict:
     return {"statistics": {**record, **{k: info[k] for k in ("images", "data") if k in info}}}
 
 
+def export_graphs(
+    model: DiAD, scorer: FeatureScorer, out: Path, precision: str, opset: int, draws: int, progress: bool
+) -> tuple[list[ExportedComponent], dict[str, dict], dict[str, list[int]]]:
+    """Every graph of a model folder into ``out``: the model's five and the draw graphs for ``draws``. Returns the
+    model's exports, every graph's manifest entry and the per-image shape of each kind of tensor
+    (:func:`export.graphs.example_shapes`)."""
+    model.eval()
+    graphs = components(model, scorer)
+    exported = [export_one(c, out, precision, opset) for c in tqdm(graphs, desc="export", disable=not progress)]
+    shapes = example_shapes(graphs)
+    latent_shape, hint_shape = shapes["latent"], shapes["hint"]
+    tensors = expected_tensors(model.config.image_size, latent_shape, hint_shape, draws)
+    entries = {}
+    for result in exported:
+        entry = file_entry(out, result.files[0].name)
+        entry["external_data"] = [file_entry(out, f.name) for f in result.files[1:]]
+        entries[result.name] = {**entry, **tensors[result.name]}
+    entries |= write_draw_graphs(out, model.config.image_size, latent_shape, hint_shape, draws)
+    return exported, entries, shapes
+
+
 def write_model_folder(
     model: DiAD,
     scorer: FeatureScorer,
@@ -153,27 +177,14 @@ def write_model_folder(
         partial.unlink()
     partial.mkdir(parents=True)
 
-    model.eval()
-    graphs = components(model, scorer)
-    exported = [export_one(c, partial, precision, opset) for c in tqdm(graphs, desc="export", disable=not progress)]
-
-    shapes = example_shapes(graphs)
-    latent_shape, hint_shape = shapes["latent"], shapes["hint"]
-    tensors = expected_tensors(config.image_size, latent_shape, hint_shape)
-    entries = {}
-    for result in exported:
-        entry = file_entry(partial, result.files[0].name)
-        entry["external_data"] = [file_entry(partial, f.name) for f in result.files[1:]]
-        entries[result.name] = {**entry, **tensors[result.name]}
+    exported, entries, shapes = export_graphs(model, scorer, partial, precision, opset, draws, progress)
     data = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "format": FORMAT, "version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
         "preset": config.name,
         "image_size": config.image_size,
-        "latent_shape": latent_shape,
-        "hint_shape": hint_shape,
+        "latent_shape": shapes["latent"], "hint_shape": shapes["hint"],
         "injection": model.sg.injection,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": "pil-bilinear-antialias"},
         "precision": precision,
@@ -192,7 +203,7 @@ def write_model_folder(
             "seed": config.inference.noise_seed,
             "generator": "runtime.schedule.noise_draws: numpy.random.default_rng(seed).standard_normal("
                          "(ceil(draws / 2), *latent_shape), float32), each draw followed by its negative",
-            "shape": latent_shape,
+            "shape": shapes["latent"],
             "draws": draws,
         },
         "scorer": {
@@ -201,7 +212,7 @@ def write_model_folder(
             "weights": scorer.weights,
             **statistics_entry(scorer),
         },
-        "components": {name: entries[name] for name in COMPONENTS},
+        "components": {name: entries[name] for name in COMPONENTS + DRAW_COMPONENTS},
         "engines": {},
         "thresholds": {},
         "versions": library_versions(),

@@ -1,4 +1,5 @@
-"""ONNX Runtime against PyTorch, component by component, on random and on real inputs.
+"""ONNX Runtime against PyTorch, component by component, on random and on real inputs; the weight-free draw graphs
+(:mod:`export.draw_graphs`) against :mod:`runtime.schedule`'s numpy.
 
 Tolerances are relative to the largest ``|output|`` of PyTorch. FP32: ONNX Runtime (MLAS) and PyTorch (oneDNN)
 sum convolutions and matmuls in different orders, which moves float32 results by a few ulps per layer (measured
@@ -13,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.draw_graphs import draw_parity
 from export.graphs import Component, components
 from runtime.errors import DiadError
 from runtime.manifest import COMPONENT_IO, SCHEDULE_INPUTS, Manifest, schedule_inputs
@@ -32,7 +34,7 @@ class Parity:
     component: str
     inputs: str
     max_abs: float
-    max_ref: float  # largest |torch output|, to read max_abs against
+    max_ref: float  # largest |reference output| (torch's; numpy's for the draw graphs), to read max_abs against
 
     @property
     def relative(self) -> float:
@@ -90,7 +92,8 @@ def run_torch(component: Component, feeds: dict[str, np.ndarray]) -> list[np.nda
 def parity(
     model: DiAD, scorer: FeatureScorer, manifest: Manifest, images: np.ndarray | None = None, seed: int = 0
 ) -> list[Parity]:
-    """Max |ORT - torch| per component and output, on random inputs and (given ``images``) on real ones."""
+    """Max |ORT - torch| per component and output, on random inputs and (given ``images``) on real ones; then the
+    draw graphs against :mod:`runtime.schedule` (:func:`export.draw_graphs.draw_parity`)."""
     model.eval()
     real = real_inputs(model, images) if images is not None else {}
     results = []
@@ -104,7 +107,7 @@ def parity(
             for name, a, b in zip(component.outputs, got, run_torch(component, feeds)):
                 label = component.name if len(component.outputs) == 1 else f"{component.name}.{name}"
                 results.append(Parity(label, kind, float(np.abs(a - b).max()), float(np.abs(b).max())))
-    return results
+    return results + [Parity(name, "random", error, value) for name, (error, value) in draw_parity(manifest).items()]
 
 
 def check_parity(results: list[Parity], precision: str) -> None:

@@ -2,9 +2,9 @@
 
 ONNX Runtime's dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``): the weights of the chosen op
 types are stored as int8 (per output channel unless ``--per-tensor``; 7 bits unless ``--full-range``: AVX2 CPUs
-without VNNI sum pairs of uint8 x int8 products in 16 bits, which saturates with 8-bit weights; measured on the
-tiny folder: score off by 1.3e-2 relative with 8 bits, 3e-4 with 7), activations are quantised to uint8 at run
-time; only MatMuls whose second input is a weight are touched (attention's activation products stay FP32).
+without VNNI sum pairs of uint8 x int8 products in 16 bits, which saturates with 8-bit weights; see
+docs/performance.md), activations are quantised to uint8 at run time; only MatMuls whose second input is a weight
+are touched (attention's activation products stay FP32).
 By default only ``denoise_step``'s MatMul and Gemm weights, the part that dominates the time; ``--op-types`` adds
 Conv (ConvInteger, often slower than ONNX Runtime's FP32 Conv on the CPU) and ``--components`` others.
 
@@ -126,7 +126,7 @@ def quantize_folder(
 
     data = {key: value for key, value in source.data.items() if key not in ("thresholds", "engines")}
     seconds = {}
-    for name in COMPONENTS:
+    for name in source.components:
         entry = source.component(name)
         graph = partial / entry["file"]
         if name in components:
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     print(f"INT8 model folder {manifest.root}: {', '.join(args.op_types)} weights of {', '.join(args.components)}")
     print("| component | MiB | quantise s |\n|:---|---:|---:|")
-    for name in COMPONENTS:
+    for name in manifest.components:
         entry = manifest.component(name)
         size = entry["bytes"] + sum(e["bytes"] for e in entry["external_data"])
         print(f"| {name} | {size / 2**20:.1f} | {seconds.get(name, 0.0):.1f} |")

@@ -25,7 +25,7 @@ from runtime.backends.tensorrt_env import engine_filename, import_tensorrt, sele
 from runtime.cli import run_cli
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
-from runtime.manifest import BATCH_AXIS, COMPONENTS, MANIFEST, Manifest, file_entry
+from runtime.manifest import BATCH_AXIS, COMPONENT_IO, MANIFEST, Manifest, file_entry
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -131,16 +131,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -------------------------------------------------------------------------------------------------- CLI
 def parse_components(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(COMPONENTS))
+    unknown = sorted(set(names) - set(COMPONENT_IO))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown components {unknown}; choose from {','.join(COMPONENTS)}")
+        raise argparse.ArgumentTypeError(f"unknown components {unknown}; choose from {','.join(COMPONENT_IO)}")
     return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model folder (manifest.json + ONNX graphs)")
-    p.add_argument("--components", type=parse_components, default=list(COMPONENTS), help="comma-separated subset")
+    p.add_argument("--components", type=parse_components,
+                   help="comma-separated subset (default: every component the folder holds)")
     p.add_argument("--opt-batch", type=int, default=1, help="batch size TensorRT tunes for (default: 1)")
     p.add_argument("--max-batch", type=int, default=None, help="largest batch (default: the manifest's max_batch)")
     p.add_argument("--optimization-level", type=int, choices=range(6), default=3, help="builder level (default: 3)")
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"need 1 <= --opt-batch <= max batch, got {args.opt_batch} and {max_batch}")
     print(f"TensorRT {trt.__version__}, CUDA device {device} (compute capability {capability}), "
           f"batch 1/{args.opt_batch}/{max_batch}")
-    for component in args.components:
+    for component in args.components or manifest.components:
         start = time.perf_counter()
         entry = build_component(
             manifest, component, args.opt_batch, max_batch, device, optimization_level=args.optimization_level,

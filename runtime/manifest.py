@@ -10,6 +10,15 @@ model folder):
   SG network + UNet + the DDIM update, one call per step
 * ``vae_decoder``: ``latent`` -> ``image``
 * ``scorer``: ``image``, ``reconstruction`` -> ``anomaly_map`` (B, S, S), ``score`` (B,)
+
+and, in folders exported since the noise draws stay on the device (:data:`DRAW_COMPONENTS`; older folders lack
+them and still load), two graphs without weights that fan a batch out to its ``K`` noise draws and back
+(:mod:`export.draw_graphs`; the arithmetic of :func:`runtime.schedule.noise_latents` and
+:func:`runtime.schedule.mean_of_draws`, image-major):
+
+* ``noise_latents``: ``latent``, ``hint``, ``noise`` (B, K, C, s, s), ``signal`` (B,), ``spread`` (B,) ->
+  ``x_t`` (B, K, C, s, s) ``signal * latent + spread * noise``, ``hints`` (B, K, *hint) the hint once per draw
+* ``mean_of_draws``: ``samples`` (B, K, C, s, s) -> ``mean`` (B, C, s, s)
 """
 from __future__ import annotations
 
@@ -87,8 +96,9 @@ class ComponentIO:
 
 # The one table of components and their tensors: the exporter names the graphs' I/O from it, the manifest's
 # expected tensors, the ONNX Runtime and TensorRT bindings and the checks all follow it. Kinds: "image"
-# (B, 3, S, S), "latent" (B, *latent_shape), "hint" (B, *hint_shape), "map" (B, S, S), "vector" (B,) and "step":
-# a (B,) input taken from the DDIM plan (:func:`schedule_inputs`).
+# (B, 3, S, S), "latent" (B, *latent_shape), "hint" (B, *hint_shape), "map" (B, S, S), "vector" (B,), "step":
+# a (B,) input taken from the DDIM plan (:func:`schedule_inputs`, :func:`noise_inputs`), and per image one of each
+# of its K noise draws: "draws" (B, K, *latent_shape), "hint_draws" (B, K, *hint_shape).
 COMPONENT_IO = {
     "vae_encoder": ComponentIO({"image": "image"}, {"latent": "latent"}),
     "hint_encoder": ComponentIO({"image": "image"}, {"hint": "hint"}),
@@ -98,9 +108,16 @@ COMPONENT_IO = {
     ),
     "vae_decoder": ComponentIO({"latent": "latent"}, {"image": "image"}),
     "scorer": ComponentIO({"image": "image", "reconstruction": "image"}, {"anomaly_map": "map", "score": "vector"}),
+    "noise_latents": ComponentIO(
+        {"latent": "latent", "hint": "hint", "noise": "draws", "signal": "step", "spread": "step"},
+        {"x_t": "draws", "hints": "hint_draws"},
+    ),
+    "mean_of_draws": ComponentIO({"samples": "draws"}, {"mean": "latent"}),
 }
-COMPONENTS = tuple(COMPONENT_IO)
+DRAW_COMPONENTS = ("noise_latents", "mean_of_draws")  # optional: folders exported before them lack both
+COMPONENTS = tuple(name for name in COMPONENT_IO if name not in DRAW_COMPONENTS)  # in every model folder
 SCHEDULE_INPUTS = COMPONENT_IO["denoise_step"].of_kind("step")  # timestep, alpha_t, alpha_prev
+NOISE_INPUTS = COMPONENT_IO["noise_latents"].of_kind("step")  # signal, spread: sqrt(a), sqrt(1 - a) at start_t
 
 
 def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -175,7 +192,7 @@ class Manifest:
         manifest.validate()
         for entry in manifest.files():
             manifest.file_path(entry)
-        for name in COMPONENTS:
+        for name in manifest.components:
             manifest.check_file(manifest.component(name), verify)
         return manifest
 
@@ -190,7 +207,7 @@ class Manifest:
 
     def files(self) -> list[dict[str, Any]]:
         """Every file entry: the components', their external data's and the engines'."""
-        entries = [self.component(name) for name in COMPONENTS]
+        entries = [self.component(name) for name in self.components]
         entries += [engine for targets in self.engines.values() for engine in targets]
         return entries + [extra for entry in entries for extra in entry.get("external_data", [])]
 
@@ -221,8 +238,22 @@ class Manifest:
                 raise ModelFolderError(f"{path}: SHA-256 does not match the manifest (corrupt or replaced file)")
         return path
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The components this folder holds, in :data:`COMPONENT_IO`'s order: :data:`COMPONENTS`, and
+        :data:`DRAW_COMPONENTS` where it was exported with them."""
+        return tuple(name for name in COMPONENT_IO if name in self.data["components"])
+
+    @property
+    def has_draw_graphs(self) -> bool:
+        """Whether the folder holds :data:`DRAW_COMPONENTS`, so noising and the mean over draws run on the device."""
+        return all(name in self.data["components"] for name in DRAW_COMPONENTS)
+
     def component(self, name: str) -> dict[str, Any]:
         components = self.data["components"]
+        if name in DRAW_COMPONENTS and name not in components:
+            raise ModelFolderError(f"{self.root / MANIFEST}: no {name} graph: the folder was exported before the noise "
+                                   f"draws stayed on the device; add it: python -m export.draw_graphs --model {self.root}")
         if name not in components:
             raise ModelFolderError(f"{self.root / MANIFEST}: no component {name!r} (expected {COMPONENTS})")
         return components[name]
@@ -327,8 +358,11 @@ class Manifest:
         self.save()
 
 
-def tensor_shapes(image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int]) -> dict[str, list]:
-    """Per kind of tensor (:data:`COMPONENT_IO`), its shape with the batch axis written ``"B"``."""
+def tensor_shapes(
+    image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int], draws: int = 1
+) -> dict[str, list]:
+    """Per kind of tensor (:data:`COMPONENT_IO`), its shape with the batch axis written ``"B"`` (``draws``: the
+    noise draws per image, K)."""
     return {
         "image": [BATCH_AXIS, 3, image_size, image_size],
         "latent": [BATCH_AXIS, *latent_shape],
@@ -336,12 +370,17 @@ def tensor_shapes(image_size: int, latent_shape: Sequence[int], hint_shape: Sequ
         "map": [BATCH_AXIS, image_size, image_size],
         "vector": [BATCH_AXIS],
         "step": [BATCH_AXIS],
+        "draws": [BATCH_AXIS, draws, *latent_shape],
+        "hint_draws": [BATCH_AXIS, draws, *hint_shape],
     }
 
 
-def expected_tensors(image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int]) -> dict[str, dict]:
-    """Per component, the ``inputs`` and ``outputs`` (name -> shape, batch axis ``"B"``) the runtime binds."""
-    shapes = tensor_shapes(image_size, latent_shape, hint_shape)
+def expected_tensors(
+    image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int], draws: int = 1
+) -> dict[str, dict]:
+    """Per component (:data:`DRAW_COMPONENTS` too), the ``inputs`` and ``outputs`` (name -> shape, batch axis
+    ``"B"``) the runtime binds."""
+    shapes = tensor_shapes(image_size, latent_shape, hint_shape, draws)
     return {
         name: {side: {tensor: shapes[kind] for tensor, kind in getattr(io, side).items()}
                for side in ("inputs", "outputs")}
@@ -352,6 +391,12 @@ def expected_tensors(image_size: int, latent_shape: Sequence[int], hint_shape: S
 def schedule_inputs(plan: DDIMPlan) -> dict[str, np.ndarray]:
     """``denoise_step``'s plan inputs (:data:`SCHEDULE_INPUTS`) for every step of ``plan``: name -> (steps,)."""
     return dict(zip(SCHEDULE_INPUTS, (plan.timesteps, plan.alphas, plan.alphas_prev), strict=True))
+
+
+def noise_inputs(plan: DDIMPlan, batch: int) -> dict[str, np.ndarray]:
+    """``noise_latents``' plan inputs (:data:`NOISE_INPUTS`) for ``batch`` images: float32 ``(batch,)``, the
+    coefficients :func:`runtime.schedule.q_sample` uses (:attr:`DDIMPlan.noise_scales` rounded to float32)."""
+    return {name: np.full(batch, value, np.float32) for name, value in zip(NOISE_INPUTS, plan.noise_scales, strict=True)}
 
 
 def _check_plan(manifest: Manifest) -> None:
@@ -404,8 +449,15 @@ def _check_consistency(data: dict[str, Any]) -> None:
             raise SchemaError(f"{key}: {data[key]} holds more than {limit} values per image")
     if "shape" in data["noise"] and data["noise"]["shape"] != data["latent_shape"]:
         raise SchemaError(f"noise.shape: expected latent_shape {data['latent_shape']}, got {data['noise']['shape']}")
-    expected = expected_tensors(data["image_size"], data["latent_shape"], data["hint_shape"])
+    expected = expected_tensors(data["image_size"], data["latent_shape"], data["hint_shape"],
+                                data["noise"].get("draws", 1))
+    if any(name in data["components"] for name in DRAW_COMPONENTS) and not all(
+            name in data["components"] for name in DRAW_COMPONENTS):
+        raise SchemaError(f"components: {' and '.join(DRAW_COMPONENTS)} come together; add both with "
+                          "python -m export.draw_graphs")
     for name, io in expected.items():
+        if name not in data["components"]:
+            continue
         for kind, tensors in io.items():
             found = data["components"][name][kind]
             if found != tensors:
@@ -505,7 +557,7 @@ SCHEMA = obj(
         ),
         "noise": obj({"policy": string(["fixed"]), "seed": integer(0, 2**63 - 1)},
                      {"generator": string(), "shape": _SHAPE, "draws": integer(1, MAX_DRAWS)}),
-        "components": obj({name: _COMPONENT for name in COMPONENTS}),
+        "components": obj({name: _COMPONENT for name in COMPONENTS}, {name: _COMPONENT for name in DRAW_COMPONENTS}),
     },
     {
         "created": string(max_length=64),
@@ -517,7 +569,7 @@ SCHEMA = obj(
         "opset": integer(1, 1000),
         "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
                        "weights": nullable(string())}, {"statistics": _STATISTICS}),
-        "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENTS}),
+        "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENT_IO}),
         "thresholds": _THRESHOLDS,
         "versions": mapping(string(max_length=256), max_length=256),
         "quantization": _QUANTIZATION,

@@ -154,6 +154,12 @@ def noise_latents(latent: np.ndarray, draws: np.ndarray, alpha_bar: float) -> np
     return np.concatenate([q_sample(latent, draw, alpha_bar) for draw in as_draws(draws)])
 
 
+def draws_per_image(draws: np.ndarray, batch: int) -> np.ndarray:
+    """The noise draws (:func:`as_draws`) once per image, ``(batch, K, ...)``: the ``noise`` input of the
+    ``noise_latents`` graph, which noises image-major (row ``b * K + k`` is image ``b`` with draw ``k``)."""
+    return np.repeat(as_draws(draws)[None].astype(np.float32, copy=False), batch, axis=0)
+
+
 def mean_of_draws(samples: np.ndarray, draws: int) -> np.ndarray:
     """The per-image mean over draws of draw-major ``(K * B, ...)`` latents (:func:`noise_latents`): ``(B, ...)``."""
     if len(samples) % draws:

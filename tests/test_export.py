@@ -14,7 +14,7 @@ from export.parity import TOLERANCE, ParityError, check_parity, format_parity, p
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, ModelFolderError
-from runtime.manifest import COMPONENT_IO, COMPONENTS, Manifest
+from runtime.manifest import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, Manifest
 from runtime.metrics import auroc
 from runtime.preprocess import preprocess, read_image
 from runtime.schedule import ddim_plan
@@ -56,13 +56,14 @@ def test_manifest_describes_the_folder(model_dir, tiny_run):
     assert manifest.noise().shape == (2, *manifest.latent_shape)
     assert data["max_batch"] == 4 and data["precision"] == "fp32" and data["injection"] == config.injection
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(data["versions"])
-    assert sorted(data["components"]) == sorted(COMPONENTS)
+    assert sorted(data["components"]) == sorted(COMPONENTS + DRAW_COMPONENTS) and manifest.has_draw_graphs
     step = data["components"]["denoise_step"]
     assert step["inputs"] == {
         "x_t": ["B", *manifest.latent_shape], "hint": ["B", *data["hint_shape"]],
         "timestep": ["B"], "alpha_t": ["B"], "alpha_prev": ["B"],
     }
-    for name in COMPONENTS:  # every graph has a dynamic batch axis on every input and output
+    assert data["components"]["noise_latents"]["inputs"]["noise"] == ["B", 2, *manifest.latent_shape]
+    for name in manifest.components:  # every graph has a dynamic batch axis on every input and output
         graph = onnx.load(str(manifest.path(name))).graph
         for value in list(graph.input) + list(graph.output):
             assert value.type.tensor_type.shape.dim[0].dim_param == "B", (name, value.name)
@@ -78,7 +79,8 @@ def test_components_match_pytorch_on_random_and_real_inputs(model_dir, model_and
     print(format_parity(results))
     assert {(r.component.split(".")[0], r.inputs) for r in results} == {
         (c, kind) for c in COMPONENTS for kind in ("random", "real")
-    }
+    } | {(c, "random") for c in DRAW_COMPONENTS}  # the draw graphs against runtime.schedule's numpy
+    assert all(r.max_abs == 0.0 for r in results if r.component.startswith(DRAW_COMPONENTS))
     for r in results:
         assert r.max_abs <= FP32_RELATIVE * r.max_ref, r
     check_parity(results, "fp32")
@@ -198,6 +200,10 @@ def test_fp16_graphs_run_norms_softmax_schedule_and_scoring_math_in_fp32(fp16_di
         assert not round_trips, (name, round_trips[:3])
         for value in list(model.graph.input) + list(model.graph.output):  # FP32 I/O
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    for name in DRAW_COMPONENTS:  # the noising and the mean over draws stay FP32 throughout
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(name)))).graph
+        values = [*graph.input, *graph.value_info, *graph.output]
+        assert {v.type.tensor_type.elem_type for v in values} == {onnx.TensorProto.FLOAT}, name
 
     step, fed = graphs["denoise_step"], fed_by["denoise_step"]
     ddim = on_paths(step, ["alpha_t", "alpha_prev"], ["x_prev"])  # the DDIM update, from the alphas to x_prev
@@ -311,7 +317,7 @@ def test_steps_0_exports_every_graph_with_the_vae_only_plan_as_default(tiny_run,
     assert "default plan VAE-only (no DDIM steps)" in capsys.readouterr().out
     manifest = Manifest.load(out)
     assert manifest.data["schedule"]["timesteps"] == [] and manifest.data["schedule"]["start_t"] == 0
-    assert sorted(manifest.data["components"]) == sorted(COMPONENTS)  # --steps N can switch back
+    assert sorted(manifest.data["components"]) == sorted(COMPONENTS + DRAW_COMPONENTS)  # --steps N switches back
     model, scorer = model_and_scorer
     images = test_images[1][:3]
     batch = torch.from_numpy(np.stack([preprocess(image, manifest.image_size) for image in images]))

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.model_folder import make_folder
+from helpers.model_folder import LATENT, make_folder
 
 from runtime import Detector
 from runtime.cli import run_cli
@@ -15,14 +15,17 @@ from runtime.errors import ModelFolderError
 from runtime.manifest import (
     COMPONENT_IO,
     COMPONENTS,
+    DRAW_COMPONENTS,
     MANIFEST,
+    NOISE_INPUTS,
     SCHEDULE_INPUTS,
     Manifest,
     expected_tensors,
     file_entry,
+    noise_inputs,
     schedule_inputs,
 )
-from runtime.schedule import ddim_plan
+from runtime.schedule import ddim_plan, q_sample
 from runtime.stream import main as stream_main
 
 
@@ -177,8 +180,14 @@ def test_save_validates_what_it_writes(folder):
 
 
 def test_the_component_table_gives_the_expected_tensors():
-    tensors = expected_tensors(64, [4, 8, 8], [16, 8, 8])
-    assert list(tensors) == list(COMPONENTS) == list(COMPONENT_IO)
+    tensors = expected_tensors(64, [4, 8, 8], [16, 8, 8], draws=2)
+    assert list(tensors) == list(COMPONENTS + DRAW_COMPONENTS) == list(COMPONENT_IO)
+    assert tensors["noise_latents"] == {
+        "inputs": {"latent": ["B", 4, 8, 8], "hint": ["B", 16, 8, 8], "noise": ["B", 2, 4, 8, 8], "signal": ["B"],
+                   "spread": ["B"]},
+        "outputs": {"x_t": ["B", 2, 4, 8, 8], "hints": ["B", 2, 16, 8, 8]},
+    }
+    assert tensors["mean_of_draws"] == {"inputs": {"samples": ["B", 2, 4, 8, 8]}, "outputs": {"mean": ["B", 4, 8, 8]}}
     assert tensors["denoise_step"]["inputs"] == {
         "x_t": ["B", 4, 8, 8], "hint": ["B", 16, 8, 8], "timestep": ["B"], "alpha_t": ["B"], "alpha_prev": ["B"],
     }
@@ -191,6 +200,37 @@ def test_the_component_table_gives_the_expected_tensors():
     assert COMPONENT_IO["scorer"].named_outputs(1, 2) == {"anomaly_map": 1, "score": 2}
     with pytest.raises(ValueError):  # a value per tensor, no more, no fewer
         COMPONENT_IO["scorer"].named_inputs(1)
+
+
+def test_noise_inputs_are_q_samples_coefficients():
+    plan = ddim_plan(10, 999)
+    inputs = noise_inputs(plan, 3)
+    assert list(inputs) == list(NOISE_INPUTS) == ["signal", "spread"]
+    latent, noise = np.full((1, 2), 3.0, np.float32), np.full((2,), 5.0, np.float32)
+    expected = q_sample(latent, noise, plan.start_alpha)
+    assert all(v.dtype == np.float32 and v.shape == (3,) for v in inputs.values())
+    assert np.array_equal(inputs["signal"][0] * latent + inputs["spread"][0] * noise, expected)
+
+
+def test_folders_exported_before_the_draw_graphs_still_load(tmp_path):
+    """The draw graphs are optional and come as a pair; a folder without them names the command that adds them."""
+    old = make_folder(tmp_path / "old", draws=2, draw_graphs=False)
+    assert Manifest.load(old.root).components == COMPONENTS and not old.has_draw_graphs
+    with pytest.raises(ModelFolderError, match="no noise_latents graph: .* python -m export.draw_graphs --model"):
+        old.component("noise_latents")
+    new = Manifest.load(make_folder(tmp_path / "new", draws=2).root)
+    assert new.components == COMPONENTS + DRAW_COMPONENTS and new.has_draw_graphs
+    assert new.component("noise_latents")["inputs"]["noise"] == ["B", 2, *LATENT]
+    del new.data["components"]["mean_of_draws"]
+    with pytest.raises(ModelFolderError, match="noise_latents and mean_of_draws come together"):
+        new.save()
+    new = Manifest.load(new.root)
+    new.data["noise"]["draws"] = 3  # the graphs were made for 2 draws
+    with pytest.raises(ModelFolderError, match=r"components.noise_latents.inputs: expected .*\[.B., 3, 4, 4, 4\]"):
+        new.save()
+    (new.root / "mean_of_draws.onnx").unlink()
+    with pytest.raises(ModelFolderError, match="mean_of_draws.onnx: listed in .* but missing"):
+        Manifest.load(new.root)
 
 
 def test_a_manifest_without_hint_shape_is_refused(tmp_path):

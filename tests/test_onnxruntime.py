@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+from helpers import fake_onnxruntime
 from helpers.model_folder import LATENT, MAX_BATCH, S, make_folder
 
+from export.draw_graphs import draw_parity
 from runtime import Detector
 from runtime.backends.base import BackendOutput
 from runtime.backends.onnxruntime import (
@@ -26,7 +28,6 @@ from runtime.backends.onnxruntime import (
     SessionSettings,
     physical_cores,
 )
-from runtime.manifest import COMPONENTS
 from runtime.schedule import ddim_plan, fixed_noise
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -136,7 +137,7 @@ def test_optimized_cache_is_written_once_and_opened_without_optimising_again(tmp
     first = _scores(OnnxRuntimeBackend(folder, settings=settings))
     cache = folder.root / OPTIMIZED_CACHE
     graphs = sorted(cache.glob("*/graph.onnx"))
-    assert len(graphs) == len(COMPONENTS) and not list(cache.glob("*.partial"))
+    assert len(graphs) == len(folder.components) == 7 and not list(cache.glob("*.partial"))
     assert {path.parent for path, _ in opened} == {folder.root}
     opened.clear()
     second = _scores(OnnxRuntimeBackend(folder, settings=settings))
@@ -195,3 +196,53 @@ def test_the_vae_only_plan_decodes_the_clean_latent_and_runs_no_diffusion(tmp_pa
     with Detector(folder.root) as default, Detector(folder.root, steps=3, start_t=399) as back:
         np.testing.assert_array_equal(default.run(batch).score, out.score)
         np.testing.assert_allclose(back.run(batch).score, diffused, rtol=1e-6)
+
+
+def test_on_a_gpu_only_the_images_go_up_and_the_map_and_score_come_down(monkeypatch, tmp_path):
+    """Issue 22.4: with the draw graphs the noising and the mean over draws stay on the device; the draws and the
+    plan's numbers go up once per batch size. A folder exported before them still runs (noised on the host, which
+    costs the round trips counted here), and every path gives the CPU's results."""
+    transfers = fake_onnxruntime.install(monkeypatch)
+    new, old = make_folder(tmp_path / "new", draws=2), make_folder(tmp_path / "old", draws=2, draw_graphs=False)
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((n, 3, S, S), np.float32) for n in (3, 3, MAX_BATCH, 3)]
+    plan, noise = new.plan(), new.noise()
+    with Detector(new.root) as cpu, Detector(old.root) as host_path:
+        expected = [cpu.run(batch).score for batch in images]
+        for batch, score in zip(images, expected):  # on the CPU the draw graphs give the host path's results
+            np.testing.assert_allclose(host_path.run(batch).score, score, rtol=1e-6)
+    assert (transfers.up, transfers.down) == (0, 0)
+
+    gpu, gpu_old = OnnxRuntimeBackend(new, "cuda"), OnnxRuntimeBackend(old, "cuda")
+    try:
+        counts = []
+        for batch in images:
+            transfers.reset()
+            out = gpu.run(batch, plan, noise)
+            counts.append((transfers.up, transfers.down))
+            np.testing.assert_allclose(out.score, expected[len(counts) - 1], rtol=1e-6)
+        # the first batch of a size also uploads the draws, the noising coefficients and the 3 steps' 3 inputs
+        assert counts == [(1 + 1 + 2 + 9, 2), (1, 2), (1 + 1 + 2 + 9, 2), (1, 2)]
+        transfers.reset()
+        out = gpu.run(images[0], plan, noise, keep_reconstruction=True)
+        assert (transfers.up, transfers.down) == (1, 3) and out.reconstruction.shape == images[0].shape
+        transfers.reset()
+        gpu.run(images[0], plan, -noise)  # other draws: uploaded once more
+        assert (transfers.up, transfers.down) == (2, 2)
+
+        gpu_old.run(images[0], plan, noise)
+        transfers.reset()
+        np.testing.assert_allclose(gpu_old.run(images[0], plan, noise).score, expected[0], rtol=1e-6)
+        # image, the hint per draw, the noised latents and their mean up; latent, hint, last step, map, score down
+        assert (transfers.up, transfers.down) == (4, 5)
+    finally:
+        gpu.close()
+        gpu_old.close()
+
+
+@pytest.mark.parametrize("draws", [1, 2, 3])
+def test_the_draw_graphs_compute_the_schedules_numbers_exactly(tmp_path, draws):
+    """noise_latents and mean_of_draws against runtime.schedule's numpy, the one home of that math."""
+    errors = draw_parity(make_folder(tmp_path / "model", draws=draws), batch=4)
+    assert set(errors) == {"noise_latents.x_t", "noise_latents.hints", "mean_of_draws"}
+    assert all(value > 0 and error == 0.0 for error, value in errors.values()), errors

@@ -30,7 +30,7 @@ from runtime.backends import tensorrt as backend_trt
 from runtime.backends import tensorrt_env as trt_env
 from runtime.cli import run_cli
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENTS, MANIFEST, Manifest, file_entry
+from runtime.manifest import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, MANIFEST, Manifest, expected_tensors, file_entry
 from runtime.schedule import ddim_plan, q_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,9 @@ def test_compare_onnxrt_only(folder, monkeypatch, capsys):
     assert "vae_encoder: pass  image (2, 3, 8, 8) -> latent (2, 4, 4, 4)" in out
     assert "scorer: pass  image (2, 3, 8, 8), reconstruction (2, 3, 8, 8) -> anomaly_map (2, 8, 8), score (2,)" in out
     assert "TensorRT comparison skipped: TensorRT's Python bindings are not installed" in out
-    assert "5/5 components pass" in out
+    assert "noise_latents: pass  latent (2, 4, 4, 4), hint (2, 4, 4, 4), noise (2, 1, 4, 4, 4), signal (2,), spread " \
+           "(2,) -> x_t (2, 1, 4, 4, 4), hints (2, 1, 4, 4, 4)" in out
+    assert "7/7 components pass" in out
 
 
 def test_compare_reports_a_failing_component(folder32, monkeypatch, capsys):
@@ -263,21 +265,27 @@ def test_cuda_call_names_the_failing_call():
 def test_step_inputs_layout():
     plan = ddim_plan(3, 399)
     table = backend_trt.step_inputs(plan, 3)
-    assert table.dtype == np.float32 and table.shape == (9, 64) and table.shape[1] * 4 % backend_trt.ALIGN == 0
+    assert table.dtype == np.float32 and table.shape == (11, 64) and table.shape[1] * 4 % backend_trt.ALIGN == 0
     for i in range(3):
         np.testing.assert_array_equal(table[i, :3], plan.timesteps[i])
         np.testing.assert_allclose(table[3 + i, :3], plan.alphas[i], rtol=1e-6)
         np.testing.assert_allclose(table[6 + i, :3], plan.alphas_prev[i], rtol=1e-6)
+    signal, spread = (np.float32(v) for v in plan.noise_scales)  # q_sample's coefficients, rounded alike
+    assert (table[9, :3] == signal).all() and (table[10, :3] == spread).all()
     assert not table[:, 3:].any()
-    assert backend_trt.step_inputs(plan, 65).shape == (9, 128)
+    assert backend_trt.step_inputs(plan, 65).shape == (11, 128)
 
 
 def test_shared_buffers_need_equal_shapes():
-    shapes = {"image": (-1, 3, S, S), "latent": (-1, *LATENT), "hint": (-1, *LATENT), "x_t": (-1, *LATENT),
-              "x_prev": (-1, *LATENT), "reconstruction": (-1, 3, S, S), "anomaly_map": (-1, S, S), "score": (-1,),
-              "timestep": (-1,), "alpha_t": (-1,), "alpha_prev": (-1,)}
-    engines = {name: SimpleNamespace(shapes=dict(shapes)) for name in COMPONENTS}
+    kinds = {"image": (3, S, S), "latent": LATENT, "hint": LATENT, "map": (S, S), "vector": (), "step": (),
+             "draws": (2, *LATENT), "hint_draws": (2, *LATENT)}
+    engines = {name: SimpleNamespace(shapes={t: (-1, *kinds[k]) for t, k in io.tensors.items()})
+               for name, io in COMPONENT_IO.items()}
     backend_trt.check_shared_shapes(engines)
+    engines["mean_of_draws"].shapes["samples"] = (-1, 3, *LATENT)  # three draws where noise_latents makes two
+    with pytest.raises(ModelFolderError, match="noise_latents.x_t.*mean_of_draws.samples"):
+        backend_trt.check_shared_shapes(engines)
+    engines["mean_of_draws"].shapes["samples"] = (-1, 2, *LATENT)
     engines["denoise_step"].shapes["hint"] = (-1, 8, 4, 4)
     with pytest.raises(ModelFolderError, match="denoise_step.hint"):
         backend_trt.check_shared_shapes(engines)
@@ -290,7 +298,10 @@ def test_shared_buffers_need_equal_shapes():
 def test_slot_buffers_follow_the_component_table():
     assert backend_trt.BINDINGS[("vae_decoder", "image")] == "reconstruction"
     assert backend_trt.BINDINGS[("scorer", "reconstruction")] == "reconstruction"
-    assert ("vae_decoder", "latent") not in backend_trt.BINDINGS  # bound to the loop's output per batch
+    assert ("vae_decoder", "latent") not in backend_trt.BINDINGS  # bound to the sample per batch
+    assert backend_trt.BINDINGS[("noise_latents", "x_t")] == "x0"  # the loop's first latents
+    assert backend_trt.BINDINGS[("noise_latents", "hints")] == "hints"  # the loop's hint
+    assert ("mean_of_draws", "samples") not in backend_trt.BINDINGS  # bound to the loop's output per batch
     assert (backend_trt.X_T, backend_trt.HINT, backend_trt.X_PREV) == ("x_t", "hint", "x_prev")
 
 
@@ -477,8 +488,9 @@ def test_slots_take_turns_and_unused_loops_are_freed(fake, engines):
 
 def test_noise_draws_run_as_one_batch_and_average_like_separate_runs(fake, tmp_path):
     """Two antithetic draws per image: the denoiser's engine is built for every draw of the largest batch, each slot
-    denoises the draws in one batch (hints copied per draw on the device), and the mean over draws matches running
-    each draw on its own (``reference``); ONNX Runtime agrees."""
+    denoises the draws in one batch (noised, hints repeated and averaged on the device by the draw graphs), and the
+    mean over draws matches running each draw on its own (``reference``); ONNX Runtime agrees. Other than the
+    folder's draws are refused: the draw graphs are built for its K."""
     from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     _, cudart = fake
@@ -497,12 +509,107 @@ def test_noise_draws_run_as_one_batch_and_average_like_separate_runs(fake, tmp_p
             assert_like_onnxruntime(manifest, ort_backend.run(images, plan, noise), images, plan, noise)
             single = reference(manifest, images, plan, noise[0])[1]
             assert not np.allclose(out.score, single, atol=1e-4)  # the second draw changed the result
-        with pytest.raises(ValueError, match=r"K <= 2"):
-            backend.submit(images, plan, np.stack([noise[0]] * 3))
+        for other in (np.stack([noise[0]] * 3), noise[0], noise[:1]):
+            with pytest.raises(ValueError, match=r"expected the model folder's 2 draw\(s\), \(2, \*\(4, 4, 4\)\)$"):
+                backend.submit(images, plan, other)
     finally:
         backend.close()
         ort_backend.close()
     assert cudart.stale_replays == 0
+    assert cudart.leaks() == {}
+
+
+H2D, D2H = "cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"
+
+
+def test_a_batch_moves_only_its_images_up_and_its_map_and_score_down(fake, tmp_path):
+    """Issue 22.4: the latents went down to be noised on the host and, with several draws, down and up again around
+    a mid-batch synchronisation to be averaged. Now per batch the images go up, the map and score (and the
+    reconstruction when asked) come down and the host waits once, in collect(); the draws go up once per slot, the
+    plan's numbers once per loop."""
+    _, cudart = fake
+    manifest = build(make_folder(tmp_path / "model", draws=2), "--device", "cuda:0")
+    noise, plan = manifest.noise(), manifest.plan()
+    backend = backend_trt.TensorRTBackend(manifest, "cuda:0")
+    try:
+        first, second = batches(3, 3)
+        backend.submit(first, plan, noise)
+        backend.submit(second, plan, noise)  # the other slot
+        assert dict(cudart.syncs) == {}  # nothing waited for while queueing
+        assert dict(cudart.copies) == {H2D: 2 * 3, D2H: 2 * 2}  # per slot: images, draws, the loop's plan numbers
+        for images in (first, second):
+            assert_like_onnxruntime(manifest, backend.collect(), images, plan, noise)
+        assert dict(cudart.syncs) == {"cudaEventSynchronize": 2}
+
+        def per_batch(sizes: tuple[int, ...], noise: np.ndarray, keep: bool = False) -> dict[str, int]:
+            cudart.copies.clear()
+            cudart.syncs.clear()
+            for images in batches(*sizes, seed=len(sizes)):
+                out = backend.run(images, plan, noise, keep_reconstruction=keep)
+                assert_like_onnxruntime(manifest, out, images, plan, noise)
+                assert (out.reconstruction is not None) == keep
+            assert dict(cudart.syncs) == {"cudaEventSynchronize": len(sizes)}
+            return dict(cudart.copies)
+
+        assert per_batch((3, 3, 3, 3), noise) == {H2D: 4, D2H: 2 * 4}
+        assert per_batch((3, 3), noise, keep=True) == {H2D: 2, D2H: 3 * 2}
+        assert per_batch((2, 2, 2), noise) == {H2D: 3 + 2, D2H: 2 * 3}  # a new batch size: a loop per slot
+        assert per_batch((2, 2, 2), noise[::-1]) == {H2D: 3 + 2, D2H: 2 * 3}  # new draws: once per slot
+        assert per_batch((2, 2, 2), noise[::-1]) == {H2D: 3, D2H: 2 * 3}
+        cudart.copies.clear()
+        images = batches(3)[0]
+        assert_like_onnxruntime(manifest, backend.run(images, ddim_plan(0), noise), images, ddim_plan(0), noise)
+        assert dict(cudart.copies) == {H2D: 1, D2H: 2}
+    finally:
+        backend.close()
+    assert cudart.leaks() == {}
+
+
+def test_draw_engines_built_for_other_draws_are_refused(fake, tmp_path):
+    """The slots' buffers hold the manifest's K draws per image: engines of draw graphs for another K would write
+    past them."""
+    from export.draw_graphs import write_draw_graphs
+
+    _, cudart = fake
+    manifest = build(make_folder(tmp_path / "model", draws=2), "--device", "cuda:0")
+    three = tmp_path / "three"
+    three.mkdir()
+    tensors = expected_tensors(S, LATENT, LATENT, 3)
+    write_draw_graphs(three, S, LATENT, LATENT, 3)
+    for name in DRAW_COMPONENTS:
+        profile = {t: [[b, *dims[1:]] for b in (1, 1, MAX_BATCH)] for t, dims in tensors[name]["inputs"].items()}
+        path = manifest.check_file(manifest.engine(name, "10.3.0", "8.6"))
+        path.write_bytes(fake_tensorrt.engine_bytes("8.6", profile, (three / f"{name}.onnx").read_bytes()))
+    with pytest.raises(ModelFolderError, match=r"noise_latents' engine noises 3 draw\(s\) per image, the model folder "
+                                               r"has 2; rebuild it: python -m export.tensorrt"):
+        backend_trt.TensorRTBackend(manifest, "cuda:0", verify=False)
+    assert cudart.leaks() == {}
+
+
+def test_a_folder_exported_before_the_draw_graphs_says_how_to_add_them(fake, tmp_path, capsys):
+    from export import draw_graphs
+
+    _, cudart = fake
+    manifest = build(make_folder(tmp_path / "model", draws=2, draw_graphs=False), "--device", "cuda:0")
+    with pytest.raises(ModelFolderError) as refused:
+        backend_trt.TensorRTBackend(manifest, "cuda:0")
+    root = manifest.root
+    assert str(refused.value) == (
+        f"{root / MANIFEST}: no noise_latents and mean_of_draws graphs (exported before the noise draws stayed on the "
+        f"GPU); add them: python -m export.draw_graphs --model {root}, then build their engines: python -m "
+        f"export.tensorrt --model {root} --device cuda:0 --components noise_latents,mean_of_draws")
+    with pytest.raises(ModelFolderError, match="no noise_latents graph: the folder was exported before"):
+        build(manifest, "--device", "cuda:0", "--components", "noise_latents")
+    assert draw_graphs.main(["--model", str(root)]) == 0
+    assert "TensorRT engines for them: python -m export.tensorrt" in capsys.readouterr().out
+    manifest = build(Manifest.load(root), "--device", "cuda:0", "--components", "noise_latents,mean_of_draws")
+    assert set(manifest.engines) == set(COMPONENT_IO)  # the older engines kept
+    noise, plan, images = manifest.noise(), manifest.plan(), batches(3)[0]
+    backend = backend_trt.TensorRTBackend(manifest, "cuda:0")
+    try:
+        assert_like_onnxruntime(manifest, backend.run(images, plan, noise), images, plan, noise)
+    finally:
+        backend.close()
     assert cudart.leaks() == {}
 
 

@@ -2,7 +2,9 @@
 
 encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with each fixed noise draw
 (:func:`runtime.schedule.noise_latents`) -> ``denoise_step`` once per DDIM step on all draws at once -> the mean
-over draws (:func:`runtime.schedule.mean_of_draws`) -> ``vae_decoder`` -> ``scorer``. The VAE-only plan
+over draws (:func:`runtime.schedule.mean_of_draws`) -> ``vae_decoder`` -> ``scorer``. Where the model folder has
+the draw graphs (``noise_latents``, ``mean_of_draws``: :mod:`export.draw_graphs`) the noising and the mean run as
+graphs on the backend's device, so a batch's latents never visit the host. The VAE-only plan
 (:attr:`runtime.schedule.DDIMPlan.vae_only`) decodes the clean latent instead: ``vae_encoder`` -> ``vae_decoder``
 -> ``scorer``, no noise, no hint, no step.
 """
@@ -75,7 +77,8 @@ class Backend(ABC):
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
         """``images``: float32 ``(B, 3, S, S)``; ``noise``: float32 draws ``(K, C, s, s)``
-        (:meth:`Manifest.noise`; the denoiser runs on ``K * B`` latents) or one latent-shaped ``(C, s, s)``."""
+        (:meth:`Manifest.noise`; the denoiser runs on ``K * B`` latents) or one latent-shaped ``(C, s, s)``. The
+        draw graphs are made for the folder's K: ONNX Runtime noises other draws on the host, TensorRT refuses them."""
 
     @property
     def pending(self) -> int:

@@ -1,10 +1,13 @@
 """ONNX Runtime backend: CPU by default, the CUDA or TensorRT execution provider (``provider``) when installed.
 
-Every session runs through I/O binding: on a GPU the latent, the hint and the per-step vectors stay in device
-memory for the whole DDIM loop (two latent buffers, ping-pong); only the images go up and the map and score come
-down. With several noise draws the hints are copied per draw and the last step's latents are averaged on the host
-(a few KiB per image each way). On the CPU the same code binds host memory. The VAE-only plan runs
-``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` only.
+Every session runs through I/O binding. On a GPU only the images go up and the map and score (and the
+reconstruction when asked) come down: the latent and the hint, the latents noised with each of the folder's K draws
+(``noise_latents``; the draws go up once per batch size, the plan's numbers once per plan), the DDIM loop on every
+draw at once (two latent buffers, ping-pong) and each image's mean over its draws (``mean_of_draws``) stay in
+device memory. A folder exported before the draw graphs (:attr:`Manifest.has_draw_graphs`), or noise with other
+than its K draws, is noised and averaged on the host: the latent comes down and the noised latents go up, and with
+several draws the hint and the last step's latents make the same trip. On the CPU the same code binds host memory.
+The VAE-only plan runs ``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` only.
 
 The TensorRT provider builds an engine per graph on first use; it caches them (and its timing cache) in
 ``ort_trt_cache/`` inside the model folder, or in the user cache when the folder is read-only, and builds each for
@@ -18,7 +21,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,8 @@ import numpy as np
 from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENT_IO, COMPONENTS, MANIFEST, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, as_draws, mean_of_draws, noise_latents
+from runtime.manifest import COMPONENT_IO, MANIFEST, Manifest, noise_inputs, schedule_inputs
+from runtime.schedule import DDIMPlan, as_draws, draws_per_image, mean_of_draws, noise_latents
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 OPTIMIZED_CACHE = "ort_cpu_cache"  # graphs as the CPU provider optimised them (SessionSettings.optimized_cache)
@@ -75,11 +78,9 @@ def physical_cores() -> int:
 @dataclass(frozen=True)
 class SessionSettings:
     """ONNX Runtime session options. Defaults: the full graph optimisation, one intra-op thread per physical core,
-    no spin-waiting, ONNX Runtime's memory arena and memory patterns. On ``sd15``'s fused step on a 2-core CPU
-    (``python -m benchmarks.ort_settings``, README) one thread made the step 71 % slower; no other setting moved
-    it beyond the run-to-run noise (14 %). The detector runs four sessions one after another (one session's spinning
-    threads likely compete with the next): on the demo's ``tiny`` stream (``python -m benchmarks.stream_pipeline``, same
-    CPU) spinning halved the frames per second at batch 1 (5.1 against 10.8) and cost 24 to 39 % at batch 8.
+    no spin-waiting (the detector runs its sessions one after another, and spinning threads would hold the cores
+    the next session, the stream's reader and its writer need), ONNX Runtime's memory arena and memory patterns.
+    Each setting's measured effect: docs/performance.md.
 
     ``optimized_cache`` saves each graph as ONNX Runtime optimised it (:data:`OPTIMIZED_CACHE` in the model
     folder or the user cache, keyed by the graph's hash, the ONNX Runtime version, the level and the CPU) and
@@ -235,6 +236,19 @@ def open_session(ort, manifest: Manifest, name: str, settings: SessionSettings, 
     return session
 
 
+@dataclass(frozen=True)
+class Reshaped:
+    """An OrtValue's memory bound as a tensor of another shape with as many elements (the draws of a batch,
+    ``(B, K, ...)``, are the denoiser's ``B * K`` latents)."""
+
+    value: Any
+    shape: tuple[int, ...]
+
+    @property
+    def pointer(self) -> int:
+        return self.value.data_ptr()
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -256,11 +270,12 @@ class OnnxRuntimeBackend(Backend):
         self.sessions = {
             name: open_session(ort, manifest, name, self.settings,
                                session_providers(manifest, name, self.provider, self.device_id, cache))
-            for name in COMPONENTS
+            for name in manifest.components
         }
         self.memory = "cpu" if self.provider == "cpu" else "cuda"
         self._ort = ort
-        self._step_values: dict[tuple, list] = {}
+        self._device_values: dict[tuple, list] = {}  # plan inputs per (plan, batch size)
+        self._draws: dict[int, tuple[np.ndarray, Any]] = {}  # per batch size: the draws and their device copy
 
     def _on_device(self, array: np.ndarray):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.memory, self.device_id)
@@ -268,25 +283,49 @@ class OnnxRuntimeBackend(Backend):
     def _empty(self, shape: tuple[int, ...]):
         return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.memory, self.device_id)
 
+    def _host(self, shape: tuple[int, ...]):
+        return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cpu", 0)
+
     def _run(self, name: str, inputs: Sequence, outputs: Sequence) -> None:
-        """Run component ``name`` on device values given in :data:`COMPONENT_IO`'s order of its inputs and outputs."""
+        """Run component ``name`` on device values given in :data:`COMPONENT_IO`'s order of its inputs and outputs
+        (a :class:`Reshaped` value is bound with its own shape)."""
         session, io = self.sessions[name], COMPONENT_IO[name]
         binding = session.io_binding()
         for key, value in io.named_inputs(*inputs).items():
-            binding.bind_ortvalue_input(key, value)
+            if isinstance(value, Reshaped):
+                binding.bind_input(key, self.memory, self.device_id, np.float32, list(value.shape), value.pointer)
+            else:
+                binding.bind_ortvalue_input(key, value)
         for key, value in io.named_outputs(*outputs).items():
-            binding.bind_ortvalue_output(key, value)
+            if isinstance(value, Reshaped):
+                binding.bind_output(key, self.memory, self.device_id, np.float32, list(value.shape), value.pointer)
+            else:
+                binding.bind_ortvalue_output(key, value)
         session.run_with_iobinding(binding)
+
+    def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``'s device values, made once per ``key`` (a plan's inputs at one batch size)."""
+        if key not in self._device_values:
+            self._device_values[key] = make()
+        return self._device_values[key]
 
     def _plan_values(self, plan: DDIMPlan, batch: int) -> list[list]:
         """Per step, its (B,) plan inputs in :data:`SCHEDULE_INPUTS` order, made once per plan and batch."""
-        key = (tuple(plan.timesteps), plan.start_t, batch)
-        if key not in self._step_values:
+        def make() -> list[list]:
             columns = schedule_inputs(plan).values()
-            self._step_values[key] = [
-                [self._on_device(np.full(batch, value, np.float32)) for value in step] for step in zip(*columns)
-            ]
-        return self._step_values[key]
+            return [[self._on_device(np.full(batch, value, np.float32)) for value in step] for step in zip(*columns)]
+
+        return self._cached(("steps", tuple(plan.timesteps), plan.start_t, batch), make)
+
+    def _noise_values(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> list:
+        """``noise_latents``' ``noise``, ``signal`` and ``spread`` for ``batch`` images on the device: the draws
+        uploaded once per batch size (again only when the caller's draws change), the coefficients once per plan."""
+        held = self._draws.get(batch)
+        if held is None or not np.array_equal(held[0], noise, equal_nan=True):
+            held = self._draws[batch] = (noise.copy(), self._on_device(draws_per_image(noise, batch)))
+        scales = self._cached(("noise", plan.start_t, batch),
+                              lambda: [self._on_device(v) for v in noise_inputs(plan, batch).values()])
+        return [held[1], *scales]
 
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
@@ -313,51 +352,72 @@ class OnnxRuntimeBackend(Backend):
         return output
 
     def _diffuse(self, image, plan: DDIMPlan, noise: np.ndarray, start: float) -> tuple[Any, dict, list[float]]:
-        """Encode (latent and hint), noise with each draw, run the DDIM steps on every draw at once and average
-        the draws: the sample latent on the device, stage seconds (``encode`` counted from ``start``) and per-step
-        seconds."""
-        batch = image.shape()[0]
-        draws = len(as_draws(noise))
-        seconds = {}
-        latent = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, *self.manifest.latent_shape], np.float32,
-                                                                 "cpu", 0)
+        """Encode (latent and hint), noise each image with every draw, run the DDIM steps on all draws at once and
+        average each image's draws: the sample latent on the device, stage seconds (``encode`` counted from
+        ``start``) and per-step seconds. With the draw graphs and the folder's own K draws it all stays on the
+        device (image-major draws); otherwise the latents are noised and averaged on the host (draw-major)."""
+        batch, draws = image.shape()[0], len(as_draws(noise))
+        on_device = self.manifest.has_draw_graphs and draws == self.manifest.draws
+        latent_shape, rows = self.manifest.latent_shape, batch * draws
+        x, hints = (self._noise_on_device if on_device else self._noise_on_host)(image, plan, noise)
+        seconds = {"encode": time.perf_counter() - start}
+
+        step_seconds = []
+        steps = self._plan_values(plan, rows)
+        # several draws averaged on the host: the last step writes to host memory
+        last = self._host((rows, *latent_shape)) if draws > 1 and not on_device else x[len(steps) % 2]
+        for k, values in enumerate(steps):
+            start = time.perf_counter()
+            self._run("denoise_step", [x[k % 2], hints, *values], [last if k == len(steps) - 1 else x[(k + 1) % 2]])
+            step_seconds.append(time.perf_counter() - start)
+        sample, start = last, time.perf_counter()
+        if draws > 1 and on_device:
+            sample = self._empty((batch, *latent_shape))
+            self._run("mean_of_draws", [Reshaped(last, (batch, draws, *latent_shape))], [sample])
+        elif draws > 1:
+            sample = self._on_device(mean_of_draws(last.numpy(), draws))
+        if draws > 1:
+            step_seconds[-1] += time.perf_counter() - start
+        seconds["steps"] = sum(step_seconds)
+        return sample, seconds, step_seconds
+
+    def _noise_on_device(self, image, plan: DDIMPlan, noise: np.ndarray) -> tuple[list, Any]:
+        """Encoders and ``noise_latents`` on the device: the two latent buffers of the DDIM loop (the first holding
+        the noised latents, image-major) and the hint once per draw."""
+        batch, draws = image.shape()[0], self.manifest.draws
+        latent_shape, hint_shape = self.manifest.latent_shape, self.manifest.hint_shape
+        latent, hint = self._empty((batch, *latent_shape)), self._empty((batch, *hint_shape))
+        self._run("vae_encoder", [image], [latent])
+        self._run("hint_encoder", [image], [hint])
+        x = [self._empty((batch * draws, *latent_shape)) for _ in range(2)]
+        hints = self._empty((batch * draws, *hint_shape))
+        self._run("noise_latents", [latent, hint, *self._noise_values(plan, noise, batch)],
+                  [Reshaped(x[0], (batch, draws, *latent_shape)), Reshaped(hints, (batch, draws, *hint_shape))])
+        return x, hints
+
+    def _noise_on_host(self, image, plan: DDIMPlan, noise: np.ndarray) -> tuple[list, Any]:
+        """As :meth:`_noise_on_device` for a folder without the draw graphs (or other draws than its own): the
+        latent (and with several draws the hint) go to the host, are noised (repeated) there and come back."""
+        batch, draws = image.shape()[0], len(as_draws(noise))
         hint_shape = (batch, *self.manifest.hint_shape)
-        hint = self._ort.OrtValue.ortvalue_from_shape_and_type(list(hint_shape), np.float32, "cpu", 0) \
-            if draws > 1 else self._empty(hint_shape)
+        latent = self._host((batch, *self.manifest.latent_shape))
+        hint = self._host(hint_shape) if draws > 1 else self._empty(hint_shape)
         self._run("vae_encoder", [image], [latent])
         self._run("hint_encoder", [image], [hint])
         if draws > 1:  # one copy of the batch's hints per draw (draw-major, as the noised latents)
             hint = self._on_device(np.concatenate([hint.numpy()] * draws))
         noised = noise_latents(latent.numpy(), noise, plan.start_alpha)
-        x = [self._on_device(noised), self._empty(noised.shape)]
-        seconds["encode"] = time.perf_counter() - start
-
-        step_seconds = []
-        steps = self._plan_values(plan, len(noised))
-        # several draws: the last step writes to host memory, where the draws are averaged
-        last = self._ort.OrtValue.ortvalue_from_shape_and_type(list(noised.shape), np.float32, "cpu", 0) \
-            if draws > 1 else x[len(steps) % 2]
-        for k, values in enumerate(steps):
-            start = time.perf_counter()
-            self._run("denoise_step", [x[k % 2], hint, *values], [last if k == len(steps) - 1 else x[(k + 1) % 2]])
-            step_seconds.append(time.perf_counter() - start)
-        sample = last
-        if draws > 1:
-            start = time.perf_counter()
-            sample = self._on_device(mean_of_draws(last.numpy(), draws))
-            step_seconds[-1] += time.perf_counter() - start
-        seconds["steps"] = sum(step_seconds)
-        return sample, seconds, step_seconds
+        return [self._on_device(noised), self._empty(noised.shape)], hint
 
     def _score(self, image, recon, seconds: dict[str, float], keep_reconstruction: bool = False) -> BackendOutput:
         start = time.perf_counter()
         batch, size = image.shape()[0], self.manifest.image_size
-        amap = self._ort.OrtValue.ortvalue_from_shape_and_type([batch, size, size], np.float32, "cpu", 0)
-        score = self._ort.OrtValue.ortvalue_from_shape_and_type([batch], np.float32, "cpu", 0)
+        amap, score = self._host((batch, size, size)), self._host((batch,))
         self._run("scorer", [image, recon], [amap, score])
         seconds["score"] = time.perf_counter() - start
         return BackendOutput(amap.numpy(), score.numpy(), recon.numpy() if keep_reconstruction else None, seconds)
 
     def close(self) -> None:
         self.sessions.clear()
-        self._step_values.clear()
+        self._device_values.clear()
+        self._draws.clear()

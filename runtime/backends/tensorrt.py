@@ -1,23 +1,26 @@
 """TensorRT backend through cuda-python (no torch, no pycuda): the DiAD pipeline on one GPU.
 
-One batch: upload -> ``vae_encoder`` + ``hint_encoder`` -> download the latent, noise it on the host with each
-noise draw (:func:`runtime.schedule.noise_latents`), upload -> N x ``denoise_step`` on every draw at once (the hints
-copied once per draw on the device) -> with several draws, download, average on the host
-(:func:`runtime.schedule.mean_of_draws`, so the slot waits for its steps) and upload -> ``vae_decoder`` ->
-``scorer`` -> download. The VAE-only plan (no DDIM step) decodes the encoder's latent where it lies:
-upload -> ``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` -> download, nothing waited for on the host.
+One batch crosses the bus twice: its images go up, its maps and scores (and reconstructions when asked) come down,
+and nothing in between waits for the host. Upload -> ``vae_encoder`` + ``hint_encoder`` -> ``noise_latents``
+(each image's latent noised with each of the folder's K draws, its hint repeated per draw: image-major, row
+``b * K + k``) -> N x ``denoise_step`` on every draw at once -> ``mean_of_draws`` (K > 1) -> ``vae_decoder`` ->
+``scorer`` -> download. The draws go up once per slot (again only when the caller's change), the plan's numbers
+once per loop. The VAE-only plan (no DDIM step) decodes the encoder's latent where it lies: upload ->
+``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` -> download. A model folder exported before the draw graphs
+(:data:`runtime.manifest.DRAW_COMPONENTS`) is refused with the commands that add them and build their engines.
 
 Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`;
 successive batches take turns): each has its own CUDA stream, an execution context per engine, device buffers for
 the largest batch (allocated once, shared between engines: the uploaded image feeds both encoders and the scorer,
-the hint encoder writes where the denoiser reads, the decoder where the scorer reads), pinned host buffers and CUDA
-events for the stage timings.
+``noise_latents`` writes where the denoiser reads, the decoder where the scorer reads), pinned host buffers and CUDA
+events for the stage timings; the host waits once per batch, in ``collect``.
 
 The N denoising steps of one (batch size, plan) in one slot form a :class:`Loop`: the plan's per-step
-timestep/alpha inputs on the device and a ``denoise_step`` context of its own whose input shapes are set once, so
-the CUDA graph captured after a first eager run (TensorRT's warm-up before capture) always replays against the
-context state it was captured with, whatever batch sizes ran in between. A capture that fails leaves that loop
-running eagerly (logged). A slot keeps its :data:`MAX_LOOPS` most recently used loops and frees the others.
+timestep/alpha inputs (and its noising coefficients) on the device and a ``denoise_step`` context of its own whose
+input shapes are set once, so the CUDA graph captured after a first eager run (TensorRT's warm-up before capture)
+always replays against the context state it was captured with, whatever batch sizes ran in between. A capture that
+fails leaves that loop running eagerly (logged). A slot keeps its :data:`MAX_LOOPS` most recently used loops and
+frees the others.
 
 Needs ``tensorrt`` and ``cuda-python``; the module imports without them and the backend says what is missing.
 """
@@ -26,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import time
 from collections import OrderedDict, deque
 from pathlib import Path
 from types import ModuleType
@@ -45,8 +47,17 @@ from runtime.backends.tensorrt_env import (
 )
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
-from runtime.manifest import COMPONENT_IO, COMPONENTS, SCHEDULE_INPUTS, Manifest, schedule_inputs
-from runtime.schedule import DDIMPlan, as_draws, mean_of_draws, noise_latents
+from runtime.manifest import (
+    COMPONENT_IO,
+    DRAW_COMPONENTS,
+    MANIFEST,
+    NOISE_INPUTS,
+    SCHEDULE_INPUTS,
+    Manifest,
+    noise_inputs,
+    schedule_inputs,
+)
+from runtime.schedule import DDIMPlan, as_draws
 
 log = logging.getLogger("runtime.tensorrt")
 
@@ -57,11 +68,15 @@ FLOAT32 = 4
 DENOISE = COMPONENT_IO["denoise_step"]
 X_T, HINT, X_PREV = DENOISE.only("latent"), DENOISE.only("hint"), DENOISE.only("latent", "outputs")
 # Per component, the slot buffer each tensor reads or writes, in COMPONENT_IO's order (inputs, then outputs); None:
-# bound elsewhere. The denoiser's contexts belong to the loops (its hint is bound when a loop is made, its latents
-# and plan inputs move with the step); the decoder's latent is the loop's output.
+# bound elsewhere. The denoiser's contexts belong to the loops (its hint per draw is bound when a loop is made, its
+# latents and plan inputs move with the step); noise_latents writes the loop's first latents (x0) and reads the
+# loop's coefficients; mean_of_draws reads the loop's output; the decoder's latent is the sample (that mean, the
+# loop's output with one draw, or the VAE-only plan's clean latent).
 BUFFERS = {
     "vae_encoder": ("image", "latent"),
     "hint_encoder": ("image", "hint"),
+    "noise_latents": ("latent", "hint", "noise", None, None, "x0", "hints"),
+    "mean_of_draws": (None, "mean"),
     "vae_decoder": (None, "reconstruction"),
     "scorer": ("image", "reconstruction", "anomaly_map", "score"),
 }
@@ -71,7 +86,9 @@ BINDINGS = {  # (component, tensor) -> slot buffer
     for tensor, buffer in zip(COMPONENT_IO[component].tensors, buffers, strict=True)
     if buffer is not None
 }
-HOST = ("image", "latent", "reconstruction", "anomaly_map", "score")  # buffers with a pinned host copy
+HOST = ("image", "noise", "reconstruction", "anomaly_map", "score")  # buffers with a pinned host copy
+PER_DRAW = ("x0", "x1", "hints")  # buffers with a row per image and draw
+EVENTS = 5  # recorded at the start, after the encoders, the sample, the decoder and the downloads
 
 
 def check_shared_shapes(engines: dict[str, Engine]) -> None:
@@ -87,11 +104,13 @@ def check_shared_shapes(engines: dict[str, Engine]) -> None:
 
 
 def step_inputs(plan: DDIMPlan, batch: int) -> np.ndarray:
-    """The denoiser's per-step inputs for ``batch``: float32 ``(3 * steps, stride)``, row ``k * steps + i`` holding
-    input ``SCHEDULE_INPUTS[k]`` of step ``i`` in its first ``batch`` columns, rows padded to ``ALIGN`` bytes."""
+    """The plan's inputs for ``batch`` latents: float32 ``(3 * steps + 2, stride)``, row ``k * steps + i`` holding
+    the denoiser's input ``SCHEDULE_INPUTS[k]`` of step ``i`` and row ``3 * steps + k`` ``noise_latents``' input
+    ``NOISE_INPUTS[k]``, each in its first ``batch`` columns, rows padded to ``ALIGN`` bytes."""
     stride = math.ceil(batch * FLOAT32 / ALIGN) * ALIGN // FLOAT32
-    table = np.zeros((len(SCHEDULE_INPUTS) * len(plan.timesteps), stride), np.float32)
-    table[:, :batch] = np.concatenate(list(schedule_inputs(plan).values()))[:, None]
+    table = np.zeros((len(SCHEDULE_INPUTS) * len(plan.timesteps) + len(NOISE_INPUTS), stride), np.float32)
+    values = [*schedule_inputs(plan).values(), *noise_inputs(plan, 1).values()]
+    table[:, :batch] = np.concatenate(values)[:, None]
     return table
 
 
@@ -187,16 +206,16 @@ class Context:
 
 
 class Loop:
-    """The DDIM steps of one plan at one batch size in one slot: a ``denoise_step`` context whose input shapes are
-    set once (for this batch), the step inputs on the device, and one CUDA graph, or eager enqueues when capturing
-    failed."""
+    """The DDIM steps of one plan at one batch size (latents: images x draws) in one slot: a ``denoise_step``
+    context whose input shapes are set once (for this batch), the plan's inputs on the device (:func:`step_inputs`)
+    and one CUDA graph, or eager enqueues when capturing failed."""
 
     def __init__(self, slot: Slot, plan: DDIMPlan, batch: int):
         self.slot, self.batch, self.steps = slot, batch, len(plan.timesteps)
         self.memory = Memory()
         self.context = slot.engines["denoise_step"].context(slot.scratch, slot.scratch_bytes)
         self.context.set_batch(batch)
-        self.context.bind(HINT, slot.device["hint"])
+        self.context.bind(HINT, slot.device["hints"])
         table = step_inputs(plan, batch)
         self.row, self.host_table = table.shape[1] * FLOAT32, table  # the async copy's source stays alive
         self.table = self.memory.device(table.nbytes)
@@ -209,6 +228,15 @@ class Loop:
     def output(self) -> int:
         """The latent buffer holding the result of the last step."""
         return self.slot.device[f"x{self.steps % 2}"]
+
+    def noise_input(self, k: int) -> int:
+        """The device address of ``noise_latents``' input ``NOISE_INPUTS[k]`` for this plan."""
+        return self.table + (len(SCHEDULE_INPUTS) * self.steps + k) * self.row
+
+    @property
+    def state(self) -> str:
+        """``"graph"`` (captured, replayed), ``"eager"`` (capture failed) or ``"new"`` (not run yet)."""
+        return "graph" if self.graph is not None else "eager" if self.eager else "new"
 
     def _enqueue(self) -> None:
         latents = (self.slot.device["x0"], self.slot.device["x1"])
@@ -281,34 +309,30 @@ class Slot:
         self.memory = Memory()
         self.stream = cuda_call("cudaStreamCreateWithFlags", self.cudart.cudaStreamNonBlocking)
         self.handle = int(self.stream)
-        self.events = [cuda_call("cudaEventCreateWithFlags", self.cudart.cudaEventBlockingSync) for _ in range(6)]
+        self.events = [cuda_call("cudaEventCreateWithFlags", self.cudart.cudaEventBlockingSync) for _ in range(EVENTS)]
         self.scratch_bytes = max(ALIGN, *(engine.scratch_bytes for engine in engines.values()))
         self.scratch = self.memory.device(self.scratch_bytes)
-        self.contexts = {name: engines[name].context(self.scratch, self.scratch_bytes)
-                         for name in COMPONENTS if name != "denoise_step"}
+        self.contexts = {name: engine.context(self.scratch, self.scratch_bytes)
+                         for name, engine in engines.items() if name != "denoise_step"}
         where = {buffer: (component, tensor) for (component, tensor), buffer in BINDINGS.items()}
-        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T)}
-        if draws > 1:
-            where["mean"] = ("denoise_step", X_T)  # the decoder's input: the mean over draws
-        # the denoiser's buffers and the host latent (noised latents up, samples down) hold a row per image and draw
-        rows = {b: max_batch * (draws if b in ("x0", "x1", "hint", "latent") else 1) for b in where}
-        self.device = {b: self.memory.device(engines[c].nbytes(t, max_batch if b == "latent" else rows[b]))
-                       for b, (c, t) in where.items()}
+        where |= {"x0": ("denoise_step", X_T), "x1": ("denoise_step", X_T), "hints": ("denoise_step", HINT)}
+        rows = {b: max_batch * (draws if b in PER_DRAW else 1) for b in where}
+        self.device = {b: self.memory.device(engines[c].nbytes(t, rows[b])) for b, (c, t) in where.items()}
         self.host = {b: self.memory.pinned((rows[b], *engines[where[b][0]].shapes[where[b][1]][1:])) for b in HOST}
-        self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per image
+        self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per row
         for (component, tensor), buffer in BINDINGS.items():
             self.contexts[component].bind(tensor, self.device[buffer])
+        self.noise: np.ndarray | None = None  # the draws in the device's noise buffer
         self.loops: OrderedDict[tuple, Loop] = OrderedDict()  # least recently used first
         self.job: dict[str, Any] | None = None
 
     def _record(self, event: int) -> None:
         cuda_call("cudaEventRecord", self.events[event], self.stream)
 
-    def _copy(self, buffer: str, batch: int, to_device: bool, device: int | None = None) -> None:
-        """Queue a copy of ``batch`` images between pinned buffer ``buffer`` and ``device`` (default: its twin)."""
+    def _copy(self, buffer: str, rows: int, to_device: bool) -> None:
+        """Queue a copy of the first ``rows`` rows of ``buffer`` between its pinned and its device copy."""
         kind = self.cudart.cudaMemcpyKind
-        host, nbytes = self.host[buffer].ctypes.data, self.sizes[buffer] * batch
-        device = self.device[buffer] if device is None else device
+        host, device, nbytes = self.host[buffer].ctypes.data, self.device[buffer], self.sizes[buffer] * rows
         if to_device:
             cuda_call("cudaMemcpyAsync", device, host, nbytes, kind.cudaMemcpyHostToDevice, self.stream)
         else:
@@ -321,7 +345,7 @@ class Slot:
     def loop(self, plan: DDIMPlan, batch: int) -> Loop:
         """The loop of ``(batch, plan)``, made on first use; the least recently used beyond :data:`MAX_LOOPS` are
         freed (no queued work uses them: a slot runs one job at a time)."""
-        key = (batch, plan.timesteps.tobytes(), plan.alphas.tobytes(), plan.alphas_prev.tobytes())
+        key = (batch, plan.timesteps.tobytes(), plan.alphas.tobytes(), plan.alphas_prev.tobytes(), plan.start_t)
         if key in self.loops:
             self.loops.move_to_end(key)
         else:
@@ -330,17 +354,9 @@ class Slot:
             self.loops.popitem(last=False)[1].close()
         return self.loops[key]
 
-    def _replicate(self, buffer: str, batch: int, copies: int) -> None:
-        """Queue device copies of the first ``batch`` rows of ``buffer`` into the next ``copies - 1`` blocks."""
-        nbytes, kind = self.sizes[buffer] * batch, self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        for k in range(1, copies):
-            cuda_call("cudaMemcpyAsync", self.device[buffer] + k * nbytes, self.device[buffer], nbytes, kind,
-                      self.stream)
-
     def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
-        """Queue one batch; returns once the encoders ran and the noised latents are queued for upload (with
-        several noise draws: once the steps ran and their mean is queued for upload; the VAE-only plan: at once,
-        the decoder reading the encoder's latent)."""
+        """Queue one batch on the stream (the host waits for nothing): the images go up, the maps and scores (and
+        with ``keep_reconstruction`` the reconstructions) come down; the VAE-only plan decodes the clean latent."""
         batch = len(images)
         np.copyto(self.host["image"][:batch], images, casting="same_kind")
         self._record(0)
@@ -348,61 +364,57 @@ class Slot:
         self._run("vae_encoder", batch)
         if plan.vae_only:  # no hint, no noise, no step: the clean latent is the sample
             self._record(1)
-            self._record(2)
-            sample, noising = self.device["latent"], 0.0
+            sample = self.device["latent"]
         else:
-            sample, noising = self._diffuse(plan, noise, batch)
-        self._record(3)
+            self._run("hint_encoder", batch)
+            self._record(1)
+            sample = self._diffuse(plan, noise, batch)
+        self._record(2)
         self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
         self._run("vae_decoder", batch)
-        self._record(4)
+        self._record(3)
         self._run("scorer", batch)
         for buffer in ("anomaly_map", "score") + (("reconstruction",) if keep_reconstruction else ()):
             self._copy(buffer, batch, to_device=False)
-        self._record(5)
-        self.job = {"batch": batch, "noising": noising, "keep": keep_reconstruction}
+        self._record(4)
+        self.job = {"batch": batch, "keep": keep_reconstruction}
 
-    def _diffuse(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> tuple[int, float]:
-        """After the VAE encoder: the hint encoder, the latent noised on the host with each draw, the DDIM loop on
-        every draw at once and (several draws) their mean. Returns the sample latent's device address and the
-        host seconds spent noising."""
-        draws = len(as_draws(noise))
-        self._run("hint_encoder", batch)
-        self._replicate("hint", batch, draws)
-        self._copy("latent", batch, to_device=False)
-        self._record(1)
-        cuda_call("cudaEventSynchronize", self.events[1])
-        start = time.perf_counter()
-        latent = self.host["latent"]
-        latent[: batch * draws] = noise_latents(latent[:batch].copy(), noise, plan.start_alpha)
-        noising = time.perf_counter() - start
-        self._record(2)
-        self._copy("latent", batch * draws, to_device=True, device=self.device["x0"])
-        loop = self.loop(plan, batch * draws)
+    def _diffuse(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> int:
+        """After the encoders: ``noise_latents``, the DDIM loop on every draw at once and, with several draws,
+        ``mean_of_draws``. Returns the sample latent's device address."""
+        self._hold_noise(noise)
+        loop = self.loop(plan, batch * self.draws)
+        for k, name in enumerate(NOISE_INPUTS):
+            self.contexts["noise_latents"].bind(name, loop.noise_input(k))
+        self._run("noise_latents", batch)
         loop.run()
-        sample = loop.output
-        if draws > 1:
-            self._copy("latent", batch * draws, to_device=False, device=sample)
-            cuda_call("cudaStreamSynchronize", self.stream)
-            latent[:batch] = mean_of_draws(latent[: batch * draws], draws)
-            sample = self.device["mean"]
-            self._copy("latent", batch, to_device=True, device=sample)
-        return sample, noising
+        if self.draws == 1:
+            return loop.output
+        self.contexts["mean_of_draws"].bind(COMPONENT_IO["mean_of_draws"].only("draws"), loop.output)
+        self._run("mean_of_draws", batch)
+        return self.device["mean"]
+
+    def _hold_noise(self, noise: np.ndarray) -> None:
+        """Upload the draws once per image of the largest batch, unless they are the ones on the device already
+        (the slot's previous job is done, so its pinned copy is free)."""
+        draws = as_draws(noise)
+        if self.noise is not None and np.array_equal(self.noise, draws, equal_nan=True):
+            return
+        self.host["noise"][:] = draws[None]
+        self._copy("noise", self.max_batch, to_device=True)
+        self.noise = draws.copy()
 
     def finish(self) -> BackendOutput:
         """Wait for the current job; its outputs (copied out of the pinned buffers) and stage seconds."""
         job, self.job = self.job, None
-        cuda_call("cudaEventSynchronize", self.events[5])
-        spans = ((0, 1), (2, 3), (3, 4), (4, 5))  # encode, steps, decode, score
-        ms = [cuda_call("cudaEventElapsedTime", self.events[a], self.events[b]) for a, b in spans]
-        seconds = {stage: t / 1000 for stage, t in zip(STAGES, ms)}
-        seconds["steps"] += job["noising"]
+        cuda_call("cudaEventSynchronize", self.events[-1])
+        ms = [cuda_call("cudaEventElapsedTime", a, b) for a, b in zip(self.events, self.events[1:])]
         batch = job["batch"]
         return BackendOutput(
             anomaly_map=self.host["anomaly_map"][:batch].copy(),
             score=self.host["score"][:batch].copy(),
             reconstruction=self.host["reconstruction"][:batch].copy() if job["keep"] else None,
-            seconds=seconds,
+            seconds={stage: t / 1000 for stage, t in zip(STAGES, ms, strict=True)},
         )
 
     def close(self) -> None:
@@ -418,21 +430,31 @@ class Slot:
 
 
 class TensorRTBackend(Backend):
-    """The model folder's TensorRT engines (``python -m export.tensorrt``) on one CUDA device."""
+    """The model folder's TensorRT engines (``python -m export.tensorrt``) on one CUDA device, ``slots`` batches in
+    flight (1: no double buffering, half the buffers)."""
 
     name = "tensorrt"
     slots = SLOTS
 
-    def __init__(self, manifest: Manifest, device: str = "cuda", verify: bool = True):
+    def __init__(self, manifest: Manifest, device: str = "cuda", verify: bool = True, slots: int = SLOTS):
         super().__init__(manifest, device)
-        self.index = cuda_ordinal(device)
+        if slots < 1:
+            raise ValueError(f"slots {slots}: expected at least 1")
+        self.index, self.slots = cuda_ordinal(device), slots
         trt = import_tensorrt()
         capability = select_device(self.index)
+        rebuild = f"rebuild it: python -m export.tensorrt --model {manifest.root} --device cuda:{self.index}"
+        if not manifest.has_draw_graphs:
+            raise ModelFolderError(
+                f"{manifest.root / MANIFEST}: no {' and '.join(DRAW_COMPONENTS)} graphs (exported before the noise "
+                f"draws stayed on the GPU); add them: python -m export.draw_graphs --model {manifest.root}, then build "
+                f"their engines: python -m export.tensorrt --model {manifest.root} --device cuda:{self.index} "
+                f"--components {','.join(DRAW_COMPONENTS)}"
+            )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        rebuild = f"rebuild it: python -m export.tensorrt --model {manifest.root} --device cuda:{self.index}"
         self.engines = {}
-        for name in COMPONENTS:
+        for name in manifest.components:
             entry = find_engine(manifest, name, trt.__version__, capability, self.index)
             path = manifest.check_file(entry, verify)
             self.engines[name] = Engine(trt, self._runtime, path, name, manifest.component(name), rebuild)
@@ -446,7 +468,11 @@ class TensorRTBackend(Backend):
                                                             if n != "denoise_step"])
         self.image_shape = self.engines["vae_encoder"].shapes[COMPONENT_IO["vae_encoder"].only("image")][1:]
         self.latent_shape = self.engines["denoise_step"].shapes[X_T][1:]
-        self._slots = [Slot(self.engines, self.max_batch, self.draws) for _ in range(SLOTS)]
+        noised = self.engines["noise_latents"].shapes[COMPONENT_IO["noise_latents"].only("draws")][1:]
+        if noised != (self.draws, *self.latent_shape):  # the draw graphs hold K: buffers are sized by the manifest's
+            raise ModelFolderError(f"noise_latents' engine noises {noised[0]} draw(s) per image, the model folder has "
+                                   f"{self.draws}; {rebuild}")
+        self._slots = [Slot(self.engines, self.max_batch, self.draws) for _ in range(slots)]
         self._jobs: deque[Slot] = deque()
         self._next = 0
 
@@ -455,26 +481,32 @@ class TensorRTBackend(Backend):
         """Batches submitted and not yet collected."""
         return len(self._jobs)
 
+    def loops(self) -> list[dict[str, Any]]:
+        """Every slot's DDIM loops: ``slot``, ``latents`` per step (images x draws), ``steps`` and ``state``
+        (:attr:`Loop.state`: whether its CUDA graph was captured)."""
+        return [{"slot": k, "latents": loop.batch, "steps": loop.steps, "state": loop.state}
+                for k, slot in enumerate(self._slots) for loop in slot.loops.values()]
+
     def submit(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> None:
         """Start a batch of at most ``max_batch`` images on the next pipeline slot (they take turns).
 
-        Returns once its encoders have run and the rest is queued on the slot's stream, so a caller can prepare
-        and submit the next batch while this one computes. At most two batches are in flight.
+        Returns once it is queued on the slot's stream, so a caller can prepare and submit the next batch while this
+        one computes. At most :attr:`slots` batches are in flight. ``noise``: the folder's K draws
+        (:meth:`Manifest.noise`), or one latent-shaped draw where K is 1.
         """
         if not 1 <= len(images) <= self.max_batch or tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(f"images {images.shape}: expected (B, *{self.image_shape}) with 1 <= B <= {self.max_batch}")
-        if tuple(noise.shape) != self.latent_shape and not (
-            noise.ndim == 4 and 1 <= len(noise) <= self.draws and tuple(noise.shape[1:]) == self.latent_shape
-        ):
-            raise ValueError(f"noise {noise.shape}: expected {self.latent_shape} or (K, *{self.latent_shape}) draws "
-                             f"with K <= {self.draws}")
-        if len(self._jobs) == SLOTS:
-            raise RuntimeError("both pipeline slots are busy: collect() a result before submitting more")
+        if tuple(as_draws(noise).shape) != (self.draws, *self.latent_shape):
+            raise ValueError(f"noise {noise.shape}: expected the model folder's {self.draws} draw(s), "
+                             f"({self.draws}, *{self.latent_shape})" + (f" or {self.latent_shape}" if self.draws == 1
+                                                                        else ""))
+        if len(self._jobs) == self.slots:
+            raise RuntimeError(f"all {self.slots} pipeline slot(s) are busy: collect() a result before submitting more")
         cuda_call("cudaSetDevice", self.index)  # the device is current per thread
         slot = self._slots[self._next]
-        self._next = (self._next + 1) % SLOTS
+        self._next = (self._next + 1) % self.slots
         slot.start(images, plan, noise, keep_reconstruction)
         self._jobs.append(slot)
 
@@ -487,7 +519,7 @@ class TensorRTBackend(Backend):
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
-        """Any batch size: chunks of ``max_batch`` through both slots, results concatenated, seconds summed."""
+        """Any batch size: chunks of ``max_batch`` through the slots, results concatenated, seconds summed."""
         if self._jobs:
             raise RuntimeError("run() while submitted batches are pending: collect() them first")
         if len(images) == 0:
@@ -495,7 +527,7 @@ class TensorRTBackend(Backend):
         parts = []
         for start in range(0, len(images), self.max_batch):
             chunk = slice(start, start + self.max_batch)
-            if len(self._jobs) == SLOTS:
+            if len(self._jobs) == self.slots:
                 parts.append(self.collect())
             self.submit(images[chunk], plan, noise, keep_reconstruction)
         while self._jobs:

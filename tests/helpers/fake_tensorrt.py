@@ -11,7 +11,9 @@ cudart calls return tuples whose first element is a ``cudaError_t``; tensors are
 compute capability it was built for; a captured graph replays the shapes and addresses of capture time, and a
 replay after its context's shapes changed is counted in ``stale_replays`` and writes NaN (the wrong result a real
 GPU gives silently); capture fails on request (``fail_capture``: ``execute_async_v3`` returns False and the capture
-is invalidated; ``fail_instantiate``: ``cudaGraphInstantiate`` fails).
+is invalidated; ``fail_instantiate``: ``cudaGraphInstantiate`` fails). They count what a test pins per batch: the
+copies run (``copies``, per ``cudaMemcpyKind`` name, counted when a copy runs, a graph's replays included) and the
+host's waits (``syncs``, per call: ``cudaStreamSynchronize``, ``cudaEventSynchronize``).
 
 :func:`install` puts both into ``sys.modules`` for one test.
 """
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 import types
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,6 +106,8 @@ class FakeCudart(types.ModuleType):
         self.executables: dict[int, Graph] = {}
         self.fail_capture = self.fail_instantiate = False
         self.instantiated = self.launches = self.stale_replays = 0
+        self.copies: Counter[str] = Counter()  # copies run, per cudaMemcpyKind name
+        self.syncs: Counter[str] = Counter()  # host waits, per call
         self._current = threading.local()
         self._ids = iter(range(1, 1 << 30))
 
@@ -162,6 +167,7 @@ class FakeCudart(types.ModuleType):
         device, host = (dst, src) if to_device else (src, dst)
 
         def copy() -> None:
+            self.copies[cudaMemcpyKind(kind).name] += 1
             if kind == cudaMemcpyKind.cudaMemcpyDeviceToDevice:
                 self.device_view(dst, nbytes)[:] = self.device_view(src, nbytes)
                 return
@@ -184,6 +190,7 @@ class FakeCudart(types.ModuleType):
         return (OK,) if self.streams.pop(int(stream), None) else (cudaError_t.cudaErrorInvalidValue,)
 
     def cudaStreamSynchronize(self, stream):
+        self.syncs["cudaStreamSynchronize"] += 1
         if self.streams[int(stream)].capture is not None:
             self.streams[int(stream)].invalidated = True
             return (cudaError_t.cudaErrorStreamCaptureUnsupported,)
@@ -211,6 +218,7 @@ class FakeCudart(types.ModuleType):
         return (OK,)
 
     def cudaEventSynchronize(self, event):
+        self.syncs["cudaEventSynchronize"] += 1
         return (OK,)
 
     def cudaEventElapsedTime(self, start, end):

@@ -1,5 +1,6 @@
-"""A tiny real model folder: five ONNX graphs of a few nodes (8x8 images, 4x4x4 latents, 3 DDIM steps) and a
-manifest as ``export`` writes one, for tests that need a folder in milliseconds rather than the tiny DiAD export."""
+"""A tiny real model folder: five ONNX graphs of a few nodes (8x8 images, 4x4x4 latents, 3 DDIM steps), the draw
+graphs :mod:`export.draw_graphs` writes (no torch) and a manifest as ``export`` writes one, for tests that need a
+folder in milliseconds rather than the tiny DiAD export."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.draw_graphs import write_draw_graphs
 from runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, file_entry
 from runtime.schedule import ddim_plan
 
@@ -92,14 +94,16 @@ def _components(fp16: bool) -> dict[str, tuple[onnx.ModelProto, dict]]:
     }
 
 
-def make_folder(root: Path, precision: str = "fp32", draws: int = 1) -> Manifest:
+def make_folder(root: Path, precision: str = "fp32", draws: int = 1, draw_graphs: bool = True) -> Manifest:
     """A valid model folder of tiny real ONNX graphs (8x8 images, 4x4x4 latents, 3 DDIM steps, ``draws`` noise
-    draws per image)."""
+    draws per image); without ``draw_graphs`` as exported before the draw graphs (noising on the host)."""
     root.mkdir(parents=True)
     entries = {}
     for name, (model, io) in _components(precision == "fp16").items():
         onnx.save(model, str(root / f"{name}.onnx"))
         entries[name] = {**file_entry(root, f"{name}.onnx"), "external_data": [], **io}
+    if draw_graphs:
+        entries |= write_draw_graphs(root, S, LATENT, LATENT, draws)
     data = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
