@@ -20,7 +20,7 @@ TRAIN_MINUTES ?= 6
 EVAL_ARGS ?= --pictures 1
 STREAM_ARGS ?= --frames 300 --batch-size 8 --save runs/stream/annotated.mp4
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean gpu-kit gpu-dry-run
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[runtime,train,export]"
 	touch $(STAMP)
 
-# The tests also need the dev and serve extras, and the Triton server.
+# The tests also need the dev and serve extras, the Triton server, and Debian's Chromium with its driver (the
+# dashboard's browser tests, tests/test_dashboard_browser.py; apt-get through sudo when not root).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[runtime,train,export,dev,serve]"
 	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0  # the Triton server (pyproject.toml: serve)
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver; }
 	touch $(TEST_STAMP)
 
 venv: $(TEST_STAMP)
@@ -76,8 +80,52 @@ demo: $(RUN)/metrics.md $(MODEL)/.calibrated
 	$(PY) -m runtime.stream --model $(MODEL) --source synthetic $(STREAM_ARGS)
 
 # One pytest worker per CPU (pytest-xdist; at most 4: each holds its own copy of the session fixtures).
-test: $(TEST_STAMP)
+# jetson-check first: the torch-free tests under Jetson's Python.
+test: $(TEST_STAMP) jetson-check
 	$(PY) -m pytest -q -n auto --maxprocesses 4
 
+# Jetson's Python: JetPack 6 ships Python 3.10, and NVIDIA's Jetson wheels are built against numpy 1.x. .venv310
+# holds the runtime extra at JetPack-6-like versions (JETSON_PINS) plus the test tools (the dev extra, JETSON_TOOLS);
+# the torch-free tests (tests/helpers/torch_free.py) run there with torch, training, export and benchmarks
+# unimportable. PYTHON310 names the interpreter; by default pyenv's 3.10, else python3.10 on the PATH.
+PYTHON310 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10) \
+	$(shell command -v python3.10))
+JETSON_VENV := .venv310
+JETSON_PY := $(JETSON_VENV)/bin/python
+JETSON_STAMP := $(JETSON_VENV)/.installed
+JETSON_PINS := numpy==1.26.4 opencv-python-headless==4.10.0.84 onnxruntime==1.23.2
+# onnx writes the tests' tiny model folders; tqdm is calibrate's optional progress bar.
+JETSON_TOOLS := onnx==1.17.0 tqdm
+
+$(JETSON_STAMP): pyproject.toml
+	@"$(PYTHON310)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null || { echo \
+		"jetson-check: no Python 3.10 (PYTHON310='$(PYTHON310)'): pyenv install 3.10, or make PYTHON310=/path/to/python3.10" \
+		>&2; exit 1; }
+	test -x $(JETSON_PY) || $(PYTHON310) -m venv $(JETSON_VENV)
+	$(JETSON_PY) -m pip install --quiet --upgrade pip
+	$(JETSON_PY) -m pip install --quiet -e ".[runtime,dev]" $(JETSON_PINS) $(JETSON_TOOLS)
+	touch $@
+
+.PHONY: jetson-check
+jetson-check: $(JETSON_STAMP)
+	$(JETSON_PY) -m pytest -q --torch-free
+
+# The GPU run's kit (docs/gpu.md): the wheels the GPU test machine lacks (benchmarks/gpu_kit.txt), for its CPython 3.12
+# on manylinux x86_64, downloaded afresh into .whl/ and checked against its packages (benchmarks/gpu_machine.json),
+# the pins and the 30 MiB limit. Carry .whl to the machine: bash benchmarks/gpu_run.sh "$OUT" there.
+KIT := .whl
+KIT_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
+
+gpu-kit: | $(STAMP)
+	rm -rf $(KIT)
+	$(PY) -m pip download --quiet --no-deps $(KIT_TARGET) -d $(KIT) -r benchmarks/gpu_kit.txt
+	$(PY) -m benchmarks.gpu_kit check $(KIT)
+
+# The same GPU run on this CPU at tiny sizes (tests/test_gpu_run.py runs it in `make test`); report in runs/gpu-dry-run.
+gpu-dry-run: | $(STAMP)
+	$(PY) -m benchmarks.gpu_run --out runs/gpu-dry-run --sizes dry --device cpu --deadline-minutes 5
+
 clean:
-	rm -rf $(VENV) runs data models
+	rm -rf $(VENV) $(JETSON_VENV) $(KIT) runs data models

@@ -23,17 +23,22 @@ from export.model_folder import write_model_folder
 from export.parity import random_inputs, session
 from runtime.cli import run_cli
 from training.models.diad import DiAD, build_model, random_context
-from training.models.presets import sd15
+from training.models.presets import ModelConfig, sd15
 from training.models.scorer import FeatureScorer
+
+
+def random_model(config: ModelConfig, device: str = "cpu") -> tuple[DiAD, FeatureScorer]:
+    """DiAD of ``config`` with seeded random weights, built on ``device``, and a random-weight scorer (on the CPU;
+    no checkpoint needed)."""
+    torch.manual_seed(0)
+    shape = (config.unet.context_length, config.unet.cross_attention_dim)
+    model = build_model(config, device, context=random_context(*shape, seed=0)).eval()
+    return model, FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
 
 
 def random_sd15() -> tuple[DiAD, FeatureScorer]:
     """``sd15`` DiAD with seeded random weights and a random-weight scorer (no checkpoint needed)."""
-    config = sd15()
-    torch.manual_seed(0)
-    shape = (config.unet.context_length, config.unet.cross_attention_dim)
-    model = build_model(config, context=random_context(*shape, seed=0)).eval()
-    return model, FeatureScorer.from_config(config.scorer, config.image_size, pretrained=False)
+    return random_model(sd15())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,10 +30,9 @@ class TorchBackend:
         self, model: DiAD, scorer: FeatureScorer, device: str = "cpu", precision: str = "fp32",
         cuda_graph: bool = False,
     ):
-        if precision == "fp16" and not device.startswith("cuda"):
-            raise ValueError("PyTorch FP16 inference needs a CUDA device")
-        if cuda_graph and not device.startswith("cuda"):
-            raise ValueError("CUDA graphs need a CUDA device")
+        reason = self.unsupported(device, precision, cuda_graph)
+        if reason:
+            raise ValueError(reason)
         self.device = torch.device(device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
@@ -41,6 +40,15 @@ class TorchBackend:
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
         self._steps: dict[tuple, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    @staticmethod
+    def unsupported(device: str, precision: str, cuda_graph: bool) -> str:
+        """Why PyTorch cannot run ``precision`` (with a CUDA graph) on ``device``; "" when it can."""
+        if precision == "fp16" and not device.startswith("cuda"):
+            return "PyTorch FP16 inference needs a CUDA device"
+        if cuda_graph and not device.startswith("cuda"):
+            return "CUDA graphs need a CUDA device"
+        return ""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

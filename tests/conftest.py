@@ -1,25 +1,50 @@
-"""Shared pytest options: heavy checks are opt-in with --runslow."""
+"""Shared pytest options: heavy checks are opt-in with --runslow; --torch-free runs the tests that need no torch."""
+from pathlib import Path
+
 import pytest
+from helpers.torch_free import MODULES, block
+
+# The session fixtures below that are built with training / export (torch).
+TORCH_FIXTURES = {"synthetic_data", "tiny_run", "model_dir"}
 
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--torch-free", action="store_true", default=False,
+                     help="run only the modules listed in tests/helpers/torch_free.py with torch, training, export "
+                          "and benchmarks unimportable; tests there that need torch skip")
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    if config.getoption("--torch-free") and collection_path.suffix == ".py" and collection_path.stem not in MODULES:
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
+    runslow, torch_free = config.getoption("--runslow"), config.getoption("--torch-free")
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not runslow:
             item.add_marker(skip)
+        needs = sorted(TORCH_FIXTURES & set(item.fixturenames))
+        if item.get_closest_marker("torch"):
+            needs.append("marked torch")
+        if torch_free and needs:
+            item.add_marker(pytest.mark.skip(reason=f"--torch-free: needs torch ({', '.join(needs)})"))
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: imports torch in the test; skipped by --torch-free")
+    if config.getoption("--torch-free"):
+        missing = [name for name in MODULES if not (Path(__file__).parent / f"{name}.py").is_file()]
+        if missing:
+            raise pytest.UsageError(f"tests/helpers/torch_free.py lists test modules that do not exist: {missing}")
+        block()
     # Two cores shared with other processes: OpenMP spin-waiting across 2 threads can make CPU tests 20x slower.
     try:
         import torch
-    except ImportError:  # the torch-free runtime's own test environment
+    except ImportError:  # the torch-free run, or the torch-free runtime's own test environment
         return
     torch.set_num_threads(1)
 

@@ -254,6 +254,7 @@ def test_markdown_and_csv_tables(tmp_path):
 # --------------------------------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.torch  # benchmarks imports everything
 def test_benchmark_runs_small(capsys):
     from benchmarks import metrics_bench
 

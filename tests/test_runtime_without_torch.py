@@ -1,5 +1,6 @@
-"""The runtime runs where torch cannot be imported: in a fresh interpreter that refuses torch and the training /
-export packages, a Detector scores a frame and ``python -m runtime.stream`` streams two."""
+"""The runtime runs where torch cannot be imported: in a fresh interpreter that refuses torch, the training /
+export packages and onnx, a Detector scores a frame and ``python -m runtime.stream`` streams two, on the tiny DiAD's
+export and on a folder of tiny ONNX graphs written without torch (what the torch-free run can build)."""
 from __future__ import annotations
 
 import json
@@ -7,24 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from helpers.model_folder import make_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
-import importlib.abc
 import sys
 
-BLOCKED = {"torch", "torchvision", "diffusers", "transformers", "timm", "safetensors", "training", "export",
-           "benchmarks"}
+sys.path.insert(0, sys.argv[3])
+from helpers.torch_free import BLOCKED, block
 
-
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)
-        return None
-
-
-sys.meta_path.insert(0, Refuse())
+BLOCKED = BLOCKED | {"onnx"}  # the runtime reads ONNX files through onnxruntime alone
+block(BLOCKED, allowed=())
 try:
     import torch  # noqa: F401
 except ImportError:
@@ -51,9 +47,17 @@ raise SystemExit(status)
 '''
 
 
-def test_detector_and_stream_run_with_torch_blocked(model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    """A model folder of tiny ONNX graphs (tests/helpers/model_folder.py), built without torch."""
+    return make_folder(tmp_path_factory.mktemp("tiny") / "model").root
+
+
+@pytest.mark.parametrize("folder", [pytest.param("model_dir", marks=pytest.mark.torch), "onnx_folder"])
+def test_detector_and_stream_run_with_torch_blocked(folder, request, tmp_path):
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(model_dir), str(out)], cwd=ROOT,
+    model = request.getfixturevalue(folder)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(out), str(ROOT / "tests")], cwd=ROOT,
                           capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("score ")

@@ -1,7 +1,6 @@
 """runtime.schedule: the reference's betas, alpha_bar values and DDIM plan."""
 import numpy as np
 import pytest
-import torch
 
 from runtime.schedule import (
     alphas_cumprod,
@@ -17,7 +16,10 @@ from runtime.schedule import (
 )
 
 
+@pytest.mark.torch
 def test_betas_are_ldm_scaled_linear():
+    import torch
+
     reference = (torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2).numpy()
     np.testing.assert_allclose(betas(), reference, rtol=0, atol=1e-15)
 

@@ -1,13 +1,15 @@
 """runtime.scoring against the reference post-processing (torch interpolate, scipy gaussian, avg-pool x8)."""
 import numpy as np
-import torch
-import torch.nn.functional as F
+import pytest
 from scipy.ndimage import gaussian_filter
 
 from runtime.scoring import anomaly_map, blur_matrix, image_score, normalize_to_threshold, pool_matrix
 
 
 def _reference_map(cos_maps, size):
+    import torch
+    import torch.nn.functional as F
+
     total = sum(
         F.interpolate(torch.from_numpy(c)[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
         for c in cos_maps
@@ -16,12 +18,16 @@ def _reference_map(cos_maps, size):
 
 
 def _reference_score(maps):
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(maps)[:, None]
     for _ in range(8):
         x = F.avg_pool2d(x, 8, stride=1)
     return x.flatten(1).max(dim=1).values.numpy()
 
 
+@pytest.mark.torch
 def test_anomaly_map_and_score_match_reference():
     rng = np.random.default_rng(0)
     cos = [rng.random((3, s, s)).astype(np.float32) * 0.5 for s in (64, 32, 16)]
