@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 
 from runtime.errors import DiadError, FrameError, SourceError
-from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_pattern, matching_files
+from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_pattern, matching_files, other_files
 from runtime.limits import Limits
 from runtime.preprocess import read_image
+from runtime.source_health import SourceHealth
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -223,7 +224,8 @@ class VideoFile(_CaptureSource):
 class LiveCapture(_CaptureSource):
     """A camera or network stream. When reading fails it reconnects after ``backoff[0]`` seconds, doubling up to
     ``backoff[1]``, logs each attempt, and raises :class:`SourceError` after ``max_reconnects`` failed attempts
-    in a row (None: never). With ``reconnect=False`` a lost stream ends the source."""
+    in a row (None: never). With ``reconnect=False`` a lost stream ends the source. :attr:`health` tells
+    monitoring whether it is connected, since when, the attempts and the frames lost to outages."""
 
     live = True
 
@@ -237,6 +239,7 @@ class LiveCapture(_CaptureSource):
         if not self._capture.isOpened():
             self._capture.release()
             raise SourceError(f"{name}: cannot open (no such device, busy, or unreachable)")
+        self.health = SourceHealth()
 
     def _frames(self) -> Iterator[Frame]:
         attempt = 0
@@ -247,9 +250,11 @@ class LiveCapture(_CaptureSource):
                     if attempt:
                         log.info("%s reconnected after %d attempt(s)", self.name, attempt)
                         attempt = 0
+                    self.health.frame()
                     yield self._from_bgr(image)
                     continue
                 self._capture.release()
+                self.health.lost()
                 if not self.reconnect:
                     log.warning("%s lost; reconnecting is off, the stream ends", self.name)
                     return
@@ -260,6 +265,7 @@ class LiveCapture(_CaptureSource):
                 log.warning("%s lost, reconnecting in %.1f s (attempt %d)", self.name, delay, attempt)
                 if self._stop.wait(delay):
                     return
+                self.health.attempt()
                 self._capture = self._open()
         finally:
             self._capture.release()
@@ -320,7 +326,11 @@ def open_source(
     if urlsplit(spec).scheme.lower() in URL_SCHEMES:
         return LiveCapture(spec, _printable_url(spec), **live)
     if path.is_dir():
-        files = image_files(path)
+        files, others = image_files(path), other_files(path)
+        if others:
+            log.warning("%s: %d file(s) that are not images skipped (%s); image files end in %s", spec, len(others),
+                        ", ".join(p.name for p in others[:5]) + (", ..." if len(others) > 5 else ""),
+                        ", ".join(IMAGE_EXTENSIONS))
         if not files:
             raise SourceError(f"{spec}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return ImageFiles(files, spec, loop, max_fps, limits)

@@ -2,6 +2,7 @@
 
     python -m runtime.stream [--source synthetic|0|rtsp://...|clip.mp4|folder|'*.png'] [--model models/tiny]
         [--frames N] [--jsonl PATH] [--save out.mp4|folder] [--show] [--server grpc://HOST:PORT]
+        [--dashboard 127.0.0.1:8080 [--dashboard-token TOKEN]]
 
 One JSON object per frame goes to standard output (or ``--jsonl``); logs and the summary go to standard error.
 Live sources (cameras, URLs) are read in a background thread that keeps only the newest frame, so a slow model
@@ -15,7 +16,8 @@ the model or an output failing, or a live source lost for good, stops it early (
 already taken get error records). SIGINT / SIGTERM finish the frames in flight, close the outputs and print the
 summary (status 0). With ``--server`` the frames are scored by a Triton server (``python -m runtime.serve``,
 :class:`~runtime.serving.client.RemoteDetector`), which batches them with other cameras' frames; while it is down
-or restarting, the frames get error records and the stream reconnects with backoff.
+or restarting, the frames get error records and the stream reconnects with backoff. With ``--dashboard`` a live
+page and Prometheus ``/metrics`` are served beside the stream (:mod:`runtime.dashboard`, ``docs/dashboard.md``).
 
 A record holds ``time`` (ISO 8601 UTC, or ``--time epoch_ms``), ``frame`` (id), ``source``, ``name`` / ``class`` /
 ``defect`` when the source knows them, ``gt_label`` (``"anomalous"`` / ``"normal"``, null when unknown), then
@@ -41,7 +43,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -70,6 +72,9 @@ from runtime.sinks import (
 from runtime.sources import Frame, LatestFrameReader, Source, open_source
 from runtime.visualize import label, overlay
 
+if TYPE_CHECKING:
+    from runtime.dashboard import Address, Dashboard
+
 log = logging.getLogger("runtime.stream")
 
 DEFAULT_MODEL = "models/tiny"
@@ -86,6 +91,15 @@ class RecordSink(Protocol):
     """Where per-frame records go (:class:`runtime.sinks.JsonlSink`, or anything with ``write``)."""
 
     def write(self, record: dict) -> None: ...
+
+
+class FrameObserver(Protocol):
+    """Sees every written record with its frame (display-size pixels kept), prediction (None for an error) and
+    annotated picture (None unless a frame sink drew it), from the writer thread: it must not block
+    (:class:`runtime.dashboard.Dashboard`)."""
+
+    def observe(self, record: dict, frame: Frame, prediction: Prediction | None,
+                picture: np.ndarray | None) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -502,8 +516,9 @@ class _Run:
     """One stream's outputs and counts: a record per frame of each scored batch, and its picture."""
 
     def __init__(self, records: Sequence[RecordSink], frame_sinks: Sequence[FrameSink], time_format: str,
-                 thresholds: Thresholds) -> None:
+                 thresholds: Thresholds, observers: Sequence[FrameObserver] = ()) -> None:
         self.records, self.frame_sinks, self.time_format = records, frame_sinks, time_format
+        self.observers = observers
         self.stats, self.truth = LatencyStats(), _Truth(thresholds)
 
     def write(self, batch: _Batch) -> str | None:
@@ -515,8 +530,9 @@ class _Run:
         for item in batch.items:
             frame, prediction = item.frame, item.prediction
             try:
-                if self.frame_sinks:
-                    quit_ = _write_frames(self.frame_sinks, frame_picture(frame, prediction)) or quit_
+                picture = frame_picture(frame, prediction) if self.frame_sinks else None
+                if picture is not None:
+                    quit_ = _write_frames(self.frame_sinks, picture) or quit_
                 if prediction is None:
                     record, latency = error_record(frame, self.time_format), None
                 else:
@@ -525,6 +541,8 @@ class _Run:
                                                self.time_format)
                 for sink in self.records:
                     sink.write(record)
+                for observer in self.observers:
+                    observer.observe(record, frame, prediction, picture)
             except BrokenPipeError:
                 raise  # the reader of standard output is gone (`| head`): nothing is left to report to
             except Exception as exc:  # noqa: BLE001 (a failure of the output stops the run, with a summary)
@@ -568,13 +586,14 @@ def stream(
     stop_event: threading.Event | None = None,
     time_format: str = "iso",
     batch: int = 1,
+    observers: Sequence[FrameObserver] = (),
 ) -> dict:
     """Score ``source`` (a live one through a :class:`LatestFrameReader`) into ``records`` and annotated
     ``frame_sinks`` until it ends, ``frames`` frames were taken, ``stop_event`` is set or a window viewer quits;
     the frames in flight are always finished. The source is closed on return; the sinks are not. ``batch`` > 1
     scores a finite source's frames in batches (more throughput, each frame waits for its batch); a live source is
     always scored frame by frame, newest first. Capture and pre-processing, the model, and the outputs run
-    concurrently (:class:`_Pipeline`).
+    concurrently (:class:`_Pipeline`). ``observers`` see each record after the record sinks (a dashboard).
 
     Every frame taken gives one record, in order: a verdict, or an error (unreadable, over a limit, failed
     pre-processing) and the stream goes on. Only the model failing (``stop_reason`` ``model failed: ...``; frames
@@ -585,12 +604,12 @@ def stream(
     frames replaced by newer ones or left unread at the end) plus ``source``, ``stop_reason``, ``skipped`` (live
     frames discarded by ``max_fps``), ``calibrated``, ``labelled``, ``image_auroc`` and ``accuracy``.
     """
-    run = _Run(records, frame_sinks, time_format, detector.thresholds)
+    run = _Run(records, frame_sinks, time_format, detector.thresholds, observers)
     finished = threading.Event()
     if stop_event is not None:
         threading.Thread(target=_relay_stop, args=(stop_event, source, finished), daemon=True).start()
     size = 1 if source.live else max(1, batch)
-    pipeline = _Pipeline(detector, source, size, frames, stop_event, bool(frame_sinks))
+    pipeline = _Pipeline(detector, source, size, frames, stop_event, bool(frame_sinks or observers))
     stopped = None
     try:
         while (scored := pipeline.next_batch()) is not None:
@@ -682,6 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="record time as ISO 8601 UTC (default) or integer milliseconds since the epoch")
     parser.add_argument("--save", help="annotated frames to a video (.mp4, .avi, .mkv, .mov) or a PNG folder")
     parser.add_argument("--show", action="store_true", help="show annotated frames in a window (q or Esc quits)")
+    parser.add_argument("--dashboard", metavar="HOST:PORT",
+                        help="serve a live page and Prometheus /metrics there (127.0.0.1:8080; port 0: any free "
+                        "one); an address other than loopback needs a token")
+    parser.add_argument("--dashboard-token", metavar="TOKEN",
+                        help="the token the dashboard's requests must carry (default: $DIAD_DASHBOARD_TOKEN)")
     Limits.add_arguments(parser)
     return parser
 
@@ -724,6 +748,25 @@ def _open_sinks(args: argparse.Namespace, stack: ExitStack) -> tuple[list[Record
     return records, frame_sinks
 
 
+def _dashboard_address(args: argparse.Namespace) -> Address | None:
+    """``--dashboard``'s address, checked (a public one needs a token); None without the option."""
+    if args.dashboard is None:
+        return None
+    try:
+        from runtime.dashboard import dashboard_address  # prometheus-client: the runtime extra
+    except ModuleNotFoundError as exc:
+        raise DiadError(f"--dashboard needs {exc.name}: pip install 'diad-edge[runtime]'") from None
+    return dashboard_address(args.dashboard, args.dashboard_token)
+
+
+def _open_dashboard(address: Address, args: argparse.Namespace, detector: FrameScorer, source: Source) -> Dashboard:
+    """The dashboard of this stream, serving at ``address``."""
+    from runtime.dashboard import Dashboard, model_info
+
+    model = model_info(detector, "triton" if args.server else args.backend)
+    return Dashboard(address, thresholds=detector.thresholds, model=model, source=source, render=frame_picture)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -731,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stop_on_signals(stop) as received:
         if not args.server:
             require_model_folder(args.model)  # before a camera is opened
+        dashboard = _dashboard_address(args)
         limits = Limits.from_args(args)
         source = open_source(args.source, loop=args.loop, seed=args.seed, defect_rate=args.defect_rate,
                              max_fps=args.max_fps, limits=limits)
@@ -738,11 +782,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 detector = stack.enter_context(_open_model(args, limits))
                 records, frame_sinks = _open_sinks(args, stack)
+                observers: list[FrameObserver] = []
+                if dashboard is not None:
+                    observers.append(stack.enter_context(_open_dashboard(dashboard, args, detector, source)))
             except BaseException:
                 source.close()
                 raise
             summary = stream(detector, source, records, frame_sinks, frames=args.frames, stop_event=stop,
-                             time_format=args.time, batch=args.batch_size)
+                             time_format=args.time, batch=args.batch_size, observers=observers)
     if received:
         log.info("stopped by %s after the frame in flight", received[0])
     print(f"summary: {summary_text(summary)}", file=sys.stderr)
