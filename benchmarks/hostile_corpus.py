@@ -195,6 +195,7 @@ def _valid_and_odd(picture: np.ndarray) -> dict[str, tuple[str, bytes]]:
         "subsampled_420.jpg": _pil(rgb, "JPEG", subsampling=2), "quality1.jpg": _pil(rgb, "JPEG", quality=1),
         "icc_profile.png": _pil(rgb, "PNG", icc_profile=b"\0" * 128),
         "multipage.tif": _pil(rgb, "TIFF", save_all=True, append_images=[rgb.rotate(90, expand=True)]),
+        "gif.gif": _pil(rgb, "GIF"), "gif_named.png": _pil(rgb, "GIF"),
         "wrong_extension_is_jpeg.png": _pil(rgb, "JPEG"), "wrong_extension_is_png.jpg": _cv2(".png", bgr),
     }
     odd |= {f"exif_orientation_{k}.jpg": _exif_jpeg(rgb, k) for k in range(1, 9)}
@@ -232,7 +233,6 @@ def _broken(valid: dict[str, bytes], seed: int) -> dict[str, tuple[str, bytes, s
             out[f"cut_{fmt}_{k}.{fmt}"] = ("cut", data[:cut], ERROR if cut <= 12 else EITHER)
         for k, mutated in enumerate(_mutations(data, seed + len(out), 12)):
             out[f"mutated_{fmt}_{k}.{fmt}"] = ("mutated", mutated, EITHER)
-    gif = _pil(Image.new("RGB", (8, 8)), "GIF")
     ppm = b"P6\n8 8\n255\n" + bytes(192)
     zip_bytes = io.BytesIO()
     with zipfile.ZipFile(zip_bytes, "w") as archive:
@@ -240,7 +240,7 @@ def _broken(valid: dict[str, bytes], seed: int) -> dict[str, tuple[str, bytes, s
     wrong = {
         "text.png": b"this is not an image\n", "html.jpg": b"<!doctype html><html><body>x</body></html>",
         "json.bmp": b'{"image": true}', "svg.png": b'<svg xmlns="http://www.w3.org/2000/svg"/>',
-        "gif_named.png": gif, "ppm_named.png": ppm, "zip_named.jpg": zip_bytes.getvalue(),
+        "ppm_named.png": ppm, "zip_named.jpg": zip_bytes.getvalue(),
         "pdf_named.png": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "elf_named.png": Path(sys.executable).read_bytes()[:4096],
         "jpeg2000_named.jpg": b"\0\0\0\x0cjP  \r\n\x87\n" + bytes(64),
         "random.png": np.random.default_rng(seed).bytes(4096),

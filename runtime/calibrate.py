@@ -19,7 +19,7 @@ Rules (on the model's raw float32 scores and maps; every threshold is a float32 
   pixels against the masks resized to the model resolution (:func:`runtime.preprocess.preprocess_mask`).
 
 * Per class (``--per-class``, normal images only): the FPR rule and the normalisation span on each class's own
-  images (:func:`class_of` names the class), and each class's mean descriptor
+  images (:func:`runtime.datasets.class_of` names the class from the path), and each class's mean descriptor
   (:mod:`runtime.class_thresholds`); the detector judges a frame by the threshold of the nearest class. The
   global thresholds are kept beside them.
 
@@ -31,9 +31,10 @@ rules' values, the false-reject rates of the chosen thresholds on the calibratio
 
 Validation folder: searched recursively (hidden and ``ground_truth`` folders skipped); an image with a path
 component ``good`` is normal, any other is a defect. Images directly inside the folder carry no label and are
-ignored. A defect image's mask is, with ``--masks M``, the first of ``M/<folder>/<stem>_mask.png``,
-``M/<folder>/<stem>.png``, ``M/<stem>_mask.png``, ``M/<stem>.png`` (``<folder>`` relative to the validation folder),
-otherwise MVTec's ``<test>/../ground_truth/<defect>/<stem>_mask.png``. Either every defect image has a mask or none.
+ignored. A defect image's mask follows the datasets' one rule (:mod:`runtime.datasets.paths`: ``<stem>_mask.<ext>``,
+else ``<stem>.<ext>``) in, with ``--masks M``, ``M/<folder>/`` then ``M/`` (``<folder>`` relative to the validation
+folder), otherwise ``<class>/ground_truth/<defect>/`` (MVTec AD's ``<class>/test/<defect>/`` and the plain folder's
+``<class>/<defect>/``). Either every defect image has a mask or none.
 
 Unreadable image (or mask) files, and those over the limits (``--max-pixels``, ``--max-side``, ``--max-file-mb``),
 are skipped, named and counted. Fewer than :data:`MIN_IMAGES` readable normal images, or values that all come out
@@ -46,7 +47,7 @@ import argparse
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from runtime import metrics
 from runtime.backends.base import BackendOutput
 from runtime.class_thresholds import assign, class_centres, describe, spread
 from runtime.cli import add_backend_arguments, run_cli
+from runtime.datasets.paths import GROUND_TRUTH, MASK_NAMES, class_of, find_mask, ground_truth_folder
 from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
 from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_image_file, is_pattern, matching_files
@@ -65,12 +67,11 @@ from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
 from runtime.schedule import plan_label
 
-GROUND_TRUTH = "ground_truth"
 MIN_IMAGES = 2  # readable normal images: fewer leave nothing to normalise pred_score with
 RATE_NAMES = {"image": "false-reject rate", "pixel": "normal pixels flagged"}
 VALIDATION_LAYOUT = (
-    "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder, "
-    "masks in ../ground_truth/<defect>/<stem>_mask.png or --masks"
+    "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder or a plain "
+    f"class folder, masks in <class>/ground_truth/<defect>/ or --masks, named {MASK_NAMES}"
 )
 
 
@@ -178,13 +179,11 @@ def list_images(spec: str | Path) -> list[Path]:
                              "glob or one file")
 
 
-def mask_candidates(image: Path, root: Path, masks: Path | None) -> list[Path]:
-    """Where a defect image's mask may be, in order of preference (see the module docstring)."""
+def mask_folders(image: Path, root: Path, masks: Path | None) -> list[Path]:
+    """The folders where a defect image's mask may be, in order of preference (see the module docstring)."""
     if masks is None:
-        return [image.parent.parent.parent / GROUND_TRUTH / image.parent.name / f"{image.stem}_mask.png"]
-    folder = masks / image.parent.relative_to(root)
-    return [folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png",
-            masks / f"{image.stem}_mask.png", masks / f"{image.stem}.png"]
+        return [ground_truth_folder(image)]
+    return [masks / image.parent.relative_to(root), masks]
 
 
 def list_validation(folder: str | Path, masks: str | Path | None = None) -> tuple[list[LabelledImage], list[Path]]:
@@ -210,7 +209,7 @@ def list_validation(folder: str | Path, masks: str | Path | None = None) -> tupl
         label = int(GOOD not in parts)
         found = None
         if label:
-            found = next((c for c in mask_candidates(path, root, mask_root) if c.is_file()), None)
+            found = next(filter(None, (find_mask(f, path.stem) for f in mask_folders(path, root, mask_root))), None)
         images.append(LabelledImage(path, label, found))
     n_good = sum(image.label == 0 for image in images)
     if n_good == 0 or n_good == len(images):
@@ -222,9 +221,10 @@ def list_validation(folder: str | Path, masks: str | Path | None = None) -> tupl
     missing = [image for image in defects if image.mask is None]
     if missing and (len(missing) < len(defects) or mask_root is not None):
         first = missing[0].path
-        looked = ", ".join(map(str, mask_candidates(first, root, mask_root)))
+        looked = ", ".join(f"{f}/" for f in mask_folders(first, root, mask_root))
         raise DatasetLayoutError(
-            f"{first}: defect image without a mask ({len(missing)} of {len(defects)}); looked for {looked}"
+            f"{first}: defect image without a mask ({len(missing)} of {len(defects)}); looked in {looked} for "
+            f"{MASK_NAMES}"
         )
     return images, unlabelled
 
@@ -352,29 +352,13 @@ def _fpr_stats(values: np.ndarray, rate: float, kind: str, notes: list[str]) -> 
             "rejects": rejects(values, threshold), "resolution": 1 / n}
 
 
-CLASS_MARKERS = (("train", "test"), ("Data",), (GOOD,))  # the class is the folder above the first one found
-CLASS_LAYOUT = ("<class>/train/good/*.png or <class>/test/good/*.png (MVTec), <class>/Data/Images/Normal/*.JPG "
-                "(VisA), or <class>/good/*.png")
-
-
-def class_of(path: Path) -> str:
-    """A calibration image's class: the folder above its ``train/`` or ``test/`` folder (MVTec), else above its
-    ``Data/`` folder (VisA), else above its ``good/`` folder. Raises :class:`DatasetLayoutError` naming the file when
-    its path shows none of them."""
-    parents = path.parts[:-1]
-    for names in CLASS_MARKERS:
-        found = [i for i, part in enumerate(parents) if part in names and i > 0]
-        if found:
-            return parents[found[-1] - 1]
-    raise DatasetLayoutError(f"{path}: no class in the path for per-class thresholds; expected {CLASS_LAYOUT}")
-
-
 def per_class_thresholds(
-    calib: ScoredSet, fpr: float, notes: list[str]
+    calib: ScoredSet, fpr: float, notes: list[str], classes: Mapping[Path, str] | None = None
 ) -> tuple[list[dict[str, Any]], list[float], dict[str, Any]]:
     """Each class's image threshold (FPR rule on its normal images), normalisation span and descriptor centre,
-    the descriptors' spread, and per class the counts for ``details``."""
-    names = [class_of(image.path) for image in calib.images]
+    the descriptors' spread, and per class the counts for ``details``. ``classes`` names each image's class
+    (default: :func:`runtime.datasets.class_of` of its path)."""
+    names = [classes[image.path] if classes else class_of(image.path) for image in calib.images]
     order = sorted(set(names))
     labels = np.array([order.index(name) for name in names])
     scale = spread(calib.descriptors, labels)
@@ -419,13 +403,14 @@ def calibrate(
     masks: str | Path | None = None,
     progress: bool = False,
     per_class: bool = False,
+    classes: Mapping[Path, str] | None = None,
 ) -> Thresholds:
     """Thresholds for ``detector`` (see the module docstring for the rules); nothing is written.
 
     ``good_images``: a folder or glob of normal images, or their paths. ``validation``: a labelled folder (with
     ``masks``, an explicit mask folder) or :class:`LabelledImage` records; then the thresholds are F1-optimal.
-    ``per_class``: also an image threshold per class (:func:`class_of`, :func:`per_class_thresholds`; FPR rule
-    only, so not with ``validation``).
+    ``per_class``: also an image threshold per class (:func:`per_class_thresholds`; FPR rule only, so not with
+    ``validation``), the class of each good image given by ``classes`` (its path -> class name) or its path.
     ``batch_size``: images read and run at once (default the manifest's ``max_batch``). Weak results raise
     :class:`CalibrationWarning` and are listed in ``details["warnings"]``.
     """
@@ -499,9 +484,9 @@ def calibrate(
                 "which leaves no span to normalise pred_score with (it could only be 0 or 1); calibrate with more "
                 "varied normal images"
             )
-    classes, scale = None, None
+    class_rules, scale = None, None
     if per_class:
-        classes, scale, details["per_class"] = per_class_thresholds(calib, fpr, notes)
+        class_rules, scale, details["per_class"] = per_class_thresholds(calib, fpr, notes, classes)
     details["warnings"] = notes
     for note in notes:
         warnings.warn(note, CalibrationWarning, stacklevel=2)
@@ -514,7 +499,7 @@ def calibrate(
         pixel_max=span["pixel"][1],
         method=method,
         details=details,
-        classes=classes,
+        classes=class_rules,
         class_scale=scale,
     )
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from runtime.devices import BACKENDS, DEVICE_HELP, PROVIDERS
-from runtime.errors import DiadError
+from runtime.errors import DiadError, DiadWarning
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +21,26 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         "provider; default the device's own)")
 
 
+def _show_warning(default: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints a :class:`DiadWarning` as one ``warning: ...`` line on stderr."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+             line: str | None = None) -> None:
+        if issubclass(category, DiadWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)``; a :class:`DiadError` becomes ``error: ...`` on stderr and exit status 2."""
+    """Run ``main(argv)``; a :class:`DiadError` becomes ``error: ...`` on stderr and exit status 2, a
+    :class:`DiadWarning` a ``warning: ...`` line."""
     try:
-        status = main(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            status = main(argv)
     except DiadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

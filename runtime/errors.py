@@ -44,3 +44,12 @@ class BackendError(DiadError):
 
 class ServerError(DiadError):
     """An inference server cannot be reached, cannot be started, or refused a request."""
+
+
+class DiadWarning(UserWarning):
+    """Base class of the warnings that commands print as one ``warning: ...`` line."""
+
+
+class DatasetWarning(DiadWarning):
+    """A dataset holds something its layout does not use (a folder, a file) or that training converts (image
+    modes, sizes): named, never silently ignored."""

@@ -6,7 +6,7 @@ import glob
 from pathlib import Path
 
 GOOD = "good"  # the folder (and defect name) of normal images, as MVTec AD names it
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # a GIF: its first frame
 
 
 def is_image_file(path: Path) -> bool:
@@ -20,6 +20,13 @@ def image_files(folder: Path) -> list[Path]:
     if not _is_dir(folder):
         return []
     return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def other_files(folder: Path) -> list[Path]:
+    """The visible entries directly inside ``folder`` that are neither image files nor folders, sorted."""
+    if not _is_dir(folder):
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not _is_dir(p) and not is_image_file(p))
 
 
 def is_pattern(spec: str) -> bool:

@@ -1,7 +1,8 @@
 """Image dimensions from the file header, read before any pixel is decoded (OpenCV has no header-only API).
 
 :func:`read_header` knows the formats that ``runtime.preprocess.read_image`` lets OpenCV decode: PNG, JPEG, BMP,
-TIFF (and BigTIFF) and WebP. Anything else is refused, so OpenCV never decodes a format whose size was not checked.
+TIFF (and BigTIFF), WebP and GIF (its logical screen: OpenCV decodes the first frame at that size). Anything else
+is refused, so OpenCV never decodes a format whose size was not checked.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from runtime.errors import ImageReadError
 
-FORMATS = "PNG, JPEG, BMP, TIFF or WebP"
+FORMATS = "PNG, JPEG, BMP, TIFF, WebP or GIF"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (C4 = DHT, C8 = JPG, CC = DAC are not frames); libjpeg decodes 1, 3 or 4 components
 JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -171,10 +172,16 @@ def _webp(data: memoryview) -> Header:
     raise _Cut(f"unknown chunk {bytes(chunk)!r}")
 
 
+def _gif(data: memoryview) -> Header:
+    width, height = struct.unpack("<HH", data[6:10])
+    return Header("GIF", width, height)
+
+
 _PARSERS = (
     ("PNG", lambda d: d[:8] == PNG_SIGNATURE, _png),
     ("JPEG", lambda d: d[:3] == b"\xff\xd8\xff", _jpeg),
     ("BMP", lambda d: d[:2] == b"BM", _bmp),
     ("TIFF", lambda d: d[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"), _tiff),
     ("WebP", lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP", _webp),
+    ("GIF", lambda d: d[:6] in (b"GIF87a", b"GIF89a"), _gif),
 )

@@ -61,8 +61,9 @@ def read_file(path: str | Path, limits: Limits | None = None) -> np.ndarray:
 def decode_image(
     data: np.ndarray, what: str, limits: Limits | None = None, flags: int = cv2.IMREAD_COLOR
 ) -> np.ndarray:
-    """Decode an encoded PNG, JPEG, BMP, TIFF or WebP (uint8 bytes) as RGB ``(H, W, 3)``, or grayscale ``(H, W)``
-    with ``flags=cv2.IMREAD_GRAYSCALE``. The size in the header is checked against ``limits`` before decoding."""
+    """Decode an encoded PNG, JPEG, BMP, TIFF, WebP or GIF (its first frame; uint8 bytes) as RGB ``(H, W, 3)``,
+    grayscale ``(H, W)`` with ``flags=cv2.IMREAD_GRAYSCALE``, or as stored with ``cv2.IMREAD_UNCHANGED`` (see
+    :func:`read_stored`). The size in the header is checked against ``limits`` before decoding."""
     limits = limits or Limits()
     header = read_header(data, what)
     limits.check_frame(header.width, header.height, what)
@@ -76,11 +77,20 @@ def decode_image(
     except cv2.error as exc:
         raise ImageReadError(f"{what}: corrupt {header.format} data ({_first_line(exc)})") from None
     if image is None or image.size == 0:
-        raise ImageReadError(f"{what}: not a decodable image (corrupt or cut {header.format} data)")
+        build = f", or an OpenCV {cv2.__version__} build without a GIF decoder" if header.format == "GIF" else ""
+        raise ImageReadError(f"{what}: not a decodable image (corrupt or cut {header.format} data{build})")
     if sorted(image.shape[:2]) != sorted((header.height, header.width)):  # decoders must honour their header
         raise ImageReadError(f"{what}: decoded to {image.shape[1]} x {image.shape[0]}, the header says "
                              f"{header.width} x {header.height}")
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    if image.ndim == 2 or flags == cv2.IMREAD_UNCHANGED:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+def read_stored(path: str | Path, limits: Limits | None = None) -> np.ndarray:
+    """The pixels of an image file as stored, to say what :func:`read_image` converts: ``(H, W)`` grayscale or
+    ``(H, W, C)`` with ``C`` 3 (BGR) or 4 (BGRA), uint8 or uint16, no EXIF rotation."""
+    return decode_image(read_file(path, limits), str(path), limits, cv2.IMREAD_UNCHANGED)
 
 
 def check_rgb(image: object, what: str, limits: Limits | None = None) -> np.ndarray:

@@ -29,6 +29,7 @@ from runtime.calibrate import (
     rejects,
 )
 from runtime.cli import run_cli
+from runtime.datasets import find_mask
 from runtime.errors import CalibrationError, DatasetLayoutError
 from runtime.manifest import MANIFEST, Manifest
 from runtime.preprocess import preprocess_mask, read_image, read_mask
@@ -177,6 +178,18 @@ def test_explicit_mask_folder_and_missing_masks(tmp_path):
     assert [i.mask for i in list_validation(val)[0]] == [None, None, None]  # no ground_truth: pixel FPR rule
     with pytest.raises(DatasetLayoutError, match="normal and defect"):
         list_validation(val / "crack")
+
+
+def test_validation_masks_follow_the_datasets_rule_in_a_plain_class_folder(tmp_path):
+    """<class>/ground_truth/<defect>/, <stem>_mask.<ext> before <stem>.<ext>: the rule of runtime.datasets."""
+    val = tmp_path / "bolt"
+    _png(val / "good" / "a.png")
+    crack = _png(val / "crack" / "b.png")
+    _png(val / "ground_truth" / "crack" / "b.png", 255)
+    preferred = _png(val / "ground_truth" / "crack" / "b_mask.bmp", 255)
+    images, _ = list_validation(val)
+    assert [(i.path, i.mask) for i in images if i.label] == [(crack, preferred)]
+    assert find_mask(val / "ground_truth" / "crack", "b") == preferred
 
 
 def test_missing_or_empty_image_folder_is_named(tmp_path, capsys):

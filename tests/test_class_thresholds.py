@@ -51,7 +51,7 @@ def test_the_class_is_the_folder_above_the_split_or_above_good(tmp_path):
     assert class_of(Path("visa/pcb1/train/good/a.JPG")) == "pcb1"
     assert class_of(Path("VisA/candle/Data/Images/Normal/0001.JPG")) == "candle"
     assert class_of(Path("line/gear/good/1.png")) == "gear"
-    with pytest.raises(DatasetLayoutError, match=r"loose\.png: no class in the path for per-class thresholds"):
+    with pytest.raises(DatasetLayoutError, match=r"loose\.png: no class in the path; expected"):
         class_of(tmp_path / "loose.png")
 
 

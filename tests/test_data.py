@@ -1,5 +1,6 @@
-"""training.data: MVTec-AD (folders and DiAD meta files), VisA and generic-folder layouts, detection, pairing
-errors, the report command, the torch Dataset and the validation split."""
+"""training.data: MVTec-AD (folders and DiAD meta files), VisA and plain-folder layouts, detection, pairing
+errors, the report command, the torch Dataset and the validation split (the layouts' own tests, bad input
+included: tests/test_datasets.py)."""
 
 import json
 import subprocess
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.cli import run_cli
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import preprocess
 from training.data import AnomalyDataset, DatasetIndex, Sample, load_index, split_validation
@@ -67,11 +69,11 @@ def make_visa(root: Path) -> Path:
 
 def make_folder(root: Path, normal: int = 10) -> Path:
     for i in range(normal):
-        write_image(root / "normal" / f"n{i:02d}.png", i)
-    write_image(root / "abnormal" / "a0.png", 30)
-    write_mask(root / "mask" / "a0.png")
-    write_image(root / "abnormal" / "scratch" / "s0.png", 31)
-    write_mask(root / "mask" / "scratch" / "s0_mask.png")
+        write_image(root / "good" / f"n{i:02d}.png", i)
+    write_image(root / "crack" / "a0.png", 30)
+    write_mask(root / "ground_truth" / "crack" / "a0.png")
+    write_image(root / "scratch" / "s0.png", 31)
+    write_mask(root / "ground_truth" / "scratch" / "s0_mask.png")
     return root
 
 
@@ -166,26 +168,14 @@ def test_folder_layout_holds_out_every_fifth_normal_image(tmp_path):
     assert [s.image.name for s in index.split("test") if s.label == 0] == ["n04.png", "n09.png"]
     assert counts(index) == {"parts": (8, 2, 2, 2)}
     masks = {s.defect: s.mask.relative_to(tmp_path / "parts") for s in index.samples if s.label == 1}
-    assert masks == {"anomaly": Path("mask/a0.png"), "scratch": Path("mask/scratch/s0_mask.png")}
-
-
-def test_folder_layout_with_explicit_split_and_no_masks(tmp_path):
-    root = tmp_path / "parts"
-    write_image(root / "good" / "train" / "a.png")
-    write_image(root / "good" / "test" / "b.png")
-    write_image(root / "anomaly" / "c.png")
-    index = load_index(root)
-    assert counts(index) == {"parts": (1, 1, 1, 0)}
-    write_image(root / "good" / "loose.png")
-    with pytest.raises(DatasetLayoutError, match="loose.png: with normal/train/ and normal/test/"):
-        load_index(root)
+    assert masks == {"crack": Path("ground_truth/crack/a0.png"), "scratch": Path("ground_truth/scratch/s0_mask.png")}
 
 
 def test_folder_layout_with_one_folder_per_class(tmp_path):
     make_folder(tmp_path / "with_masks", normal=5)
     write_image(tmp_path / "plain" / "good" / "a.png")
     write_image(tmp_path / "plain" / "anomaly" / "b.png")
-    index = load_index(tmp_path)
+    index = load_index(tmp_path, strict=False)  # plain's defect has no mask: a warning
     assert index.layout == "folder" and index.classes == ["plain", "with_masks"]
     assert counts(index) == {"plain": (1, 0, 1, 0), "with_masks": (4, 1, 2, 2)}
 
@@ -208,26 +198,27 @@ def test_missing_mask_names_the_expected_path(tmp_path):
     missing.unlink()
     with pytest.raises(DatasetLayoutError) as error:
         load_index(tmp_path)
-    assert f"{missing}: mask not found" in str(error.value)
+    assert (f"{tmp_path / 'cable' / 'test' / 'cut'}: 1 defect image(s) without a mask (first: 001.png); expected "
+            f"{missing.parent}/<stem>_mask.png or <stem>.png") in str(error.value)
     assert "ground_truth/<defect>/<stem>_mask.png" in str(error.value)  # the expected layout
 
 
 def test_mask_without_image_is_an_error(tmp_path):
     make_mvtec(tmp_path)
     orphan = write_mask(tmp_path / "bottle" / "ground_truth" / "crack" / "007_mask.png")
-    with pytest.raises(DatasetLayoutError, match=f"{orphan}: mask without a matching defect image"):
+    with pytest.raises(DatasetLayoutError, match=rf"{orphan.parent}: 1 mask\(s\) belong to no image .*007_mask.png"):
         load_index(tmp_path)
     orphan.unlink()
     make_folder(tmp_path / "parts")
-    stray = write_mask(tmp_path / "parts" / "mask" / "zz.png")
-    with pytest.raises(DatasetLayoutError, match=f"{stray}: mask without"):
+    stray = write_mask(tmp_path / "parts" / "ground_truth" / "crack" / "zz.png")
+    with pytest.raises(DatasetLayoutError, match=rf"{stray.parent}: 1 mask\(s\) belong to no image"):
         load_index(tmp_path / "parts")
 
 
 def test_missing_folder_mask_is_an_error(tmp_path):
     root = make_folder(tmp_path / "parts")
-    (root / "mask" / "a0.png").unlink()
-    with pytest.raises(DatasetLayoutError, match=f"{root / 'mask' / 'a0.png'}: mask not found"):
+    (root / "ground_truth" / "crack" / "a0.png").unlink()  # the scratch image keeps its mask
+    with pytest.raises(DatasetLayoutError, match=rf"{root / 'crack'}: 1 defect image\(s\) without a mask"):
         load_index(root)
 
 
@@ -240,7 +231,7 @@ def test_training_images_must_be_normal_and_present(tmp_path):
     (tmp_path / "bottle" / "train" / "crack").rmdir()
     for p in (tmp_path / "cable" / "train" / "good").iterdir():
         p.unlink()
-    with pytest.raises(DatasetLayoutError, match="class 'cable' has no training images"):
+    with pytest.raises(DatasetLayoutError, match="class 'cable' has no normal training images"):
         load_index(tmp_path)
 
 
@@ -251,7 +242,8 @@ def test_unknown_layout_lists_the_three_layouts(tmp_path):
         load_index(tmp_path)
     message = str(error.value)
     assert "not a dataset in a known layout" in message
-    assert "MVTec-AD" in message and "split_csv/1cls.csv" in message and "abnormal/" in message
+    assert "MVTec AD" in message and "split_csv/1cls.csv" in message and "good/*.png" in message
+    assert f"{tmp_path / 'photos'}/ holds images" in message
     with pytest.raises(DatasetLayoutError, match="not found"):
         load_index(tmp_path / "nowhere")
 
@@ -263,26 +255,39 @@ def test_command_prints_counts_and_json(tmp_path, capsys):
     make_mvtec(tmp_path)
     assert main([str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    assert "layout mvtec, 2 classes" in table
+    assert f"{tmp_path}: MVTec AD layout, 2 class(es)" in table and "no problems found" in table
+    assert next(line for line in table.splitlines() if line.startswith("class")).split() == [
+        "class", "train", "test", "good", "test", "defect", "masks", "sizes", "defect", "types"]
     bottle = next(line for line in table.splitlines() if line.startswith("bottle"))
-    assert bottle.split() == ["bottle", "4", "2", "4", "4", "crack", "2,", "cut", "2"]
-    assert next(line for line in table.splitlines() if line.startswith("total")).split() == [
-        "total",
-        "8",
-        "4",
-        "8",
-        "8",
-    ]
+    assert bottle.split() == ["bottle", "4", "2", "4", "4/4", "24x24", "crack", "2,", "cut", "2"]
+    assert next(line for line in table.splitlines() if line.startswith("total")).split() == ["total", "8", "4", "8"]
     assert main([str(tmp_path), "--json", "--classes", "cable"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "mvtec" and list(report["classes"]) == ["cable"]
     assert report["classes"]["cable"] == {
         "train": 4,
+        "calibration": 0,
         "test_good": 2,
         "test_defect": 4,
         "masks": 4,
         "defects": {"crack": 2, "cut": 2},
+        "sizes": {"24x24": 10},
     }
+    assert report["errors"] == [] and report["warnings"] == []
+
+
+def test_command_lists_every_problem_and_exits_2_on_errors(tmp_path, capsys):
+    root = make_folder(tmp_path / "parts")
+    (root / "good" / "n03.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    (root / "scratch" / "close-ups").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(root), "--calibration-fraction", "0.2"])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and "error: " + str(root) + ": 1 error(s), listed above" in err
+    assert f"error: {root / 'good' / 'n03.png'}: not a valid PNG file" in out
+    assert f"warning: {root / 'scratch' / 'close-ups'}: a folder the layout does not know" in out
+    parts = next(line for line in out.splitlines() if line.startswith("parts"))
+    assert parts.split()[:5] == ["parts", "6", "2", "2", "2"]  # train, held out for calibration, test good, defect
 
 
 def test_command_reports_errors_with_exit_status_2(tmp_path):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from runtime import synthetic
+from runtime.datasets.mvtec import load as load_mvtec_folders
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import read_image, read_mask
 from training import synthetic as command
 from training import photo_textures as photos
 from training import synthetic_parts as parts
 from training.data import load_index
-from training.data.mvtec import load as load_mvtec_folders
 
 SMALL = {"size": 128, "train": 2, "test_good": 1, "test_defect": 1}
 
@@ -274,6 +274,21 @@ def test_command_writes_the_parts_dataset(tmp_path, capsys):
     assert sheet.shape == (4 * 258 - 2, (command.SHEET_GOOD + len(parts.DEFECTS)) * 258 - 2, 3)
     command.main([*argv, "--kind", "demo"])  # a previous synthetic dataset of either kind may be replaced
     assert json.loads((root / command.MARKER).read_text())["kind"] == "demo"
+
+
+def test_the_parts_set_as_a_plain_folder_is_the_same_images_and_split(tmp_path, capsys):
+    argv = ["--seed", "4", "--size", "64", "--train", "2", "--test-good", "1", "--test-defect", "1", "--kind", "parts"]
+    assert command.main([str(tmp_path / "mvtec"), *argv]) == 0
+    assert command.main([str(tmp_path / "plain"), *argv, "--layout", "folder"]) == 0
+    assert "(folder layout)" in capsys.readouterr().out
+    mvtec, plain = load_index(tmp_path / "mvtec"), load_index(tmp_path / "plain")
+    assert plain.layout == "folder" and not plain.problems and not (tmp_path / "plain" / command.CONTACT_SHEET).exists()
+
+    def key(s):
+        return (s.class_name, s.defect, s.split, s.image.read_bytes(), s.mask.read_bytes() if s.mask else None)
+
+    assert sorted(map(key, mvtec.samples)) == sorted(map(key, plain.samples))
+    assert (tmp_path / "plain" / "gear" / "ground_truth" / "cut" / "000_mask.png").is_file()
 
 
 # ----------------------------------------------------------------------- the third set: real photographs

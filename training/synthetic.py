@@ -7,7 +7,10 @@ whose training images come from another region of each photograph than the test 
 
 Every class gets ``train/good``, ``test/good``, ``test/<defect>`` for each defect type and
 ``ground_truth/<defect>/<stem>_mask.png`` (0/255), plus the DiAD reference's ``train.json`` / ``test.json``, a
-``contact_sheet.png`` and, written last, the ``synthetic.json`` marker with the parameters. Each image has its
+``contact_sheet.png`` and, written last, the ``synthetic.json`` marker with the parameters. With ``--layout folder``
+the same images form a plain folder instead (:mod:`runtime.datasets.folder`): ``<class>/good/train``,
+``<class>/good/test`` (the same split), ``<class>/<defect>`` and ``<class>/ground_truth/<defect>``, with neither meta
+files nor contact sheet. Each image has its
 own generator, seeded by (seed, class, group, number), so the same parameters give byte-identical files.
 
 The dataset is built in a hidden sibling folder and moved into place when complete, so ``OUT_DIR`` is never
@@ -85,8 +88,19 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
         raise OSError(f"{path}: could not write mask")
 
 
-def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, int], kind: str) -> tuple[list, list]:
-    """Write one class's images and masks; return its ``train.json`` and ``test.json`` records."""
+LAYOUTS = ("mvtec", "folder")
+
+
+def _folder(layout: str, group: str, label_name: str) -> str:
+    """The folder of an image group inside its class folder, in ``layout``."""
+    if layout == "folder":
+        return f"{label_name}/train" if group == "train" else f"{label_name}/test" if group == "test_good" else group
+    return "train/good" if group == "train" else f"test/{label_name}"
+
+
+def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, int], kind: str,
+                 layout: str = "mvtec") -> tuple[list, list]:
+    """Write one class's images and masks in ``layout``; return its ``train.json`` and ``test.json`` records."""
     generator, train, test = KINDS[kind], [], []
     for group in groups(kind):
         defect = group if group in generator.DEFECTS else None
@@ -96,7 +110,7 @@ def _write_class(root: Path, name: str, seed: int, size: int, counts: dict[str, 
                 rgb, mask = generator.render_train(name, rng, size)
             else:
                 rgb, mask = generator.render(name, rng, defect, size)
-            folder = "train/good" if group == "train" else f"test/{defect or generator.GOOD}"
+            folder = _folder(layout, group, defect or generator.GOOD)
             record = {"filename": f"{name}/{folder}/{i:03d}.png", "label": int(defect is not None)}
             record["label_name"] = defect or generator.GOOD
             write_rgb(_ready(root / record["filename"]), rgb)
@@ -139,10 +153,14 @@ def generate(
     test_good: int = 20,
     test_defect: int = 10,
     kind: str = "demo",
+    layout: str = "mvtec",
 ) -> Path:
-    """Write the dataset of generator ``kind`` (see :data:`KINDS`) to ``out_dir`` and return its path."""
+    """Write the dataset of generator ``kind`` (see :data:`KINDS`) in ``layout`` (:data:`LAYOUTS`) to ``out_dir``
+    and return its path."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     out = Path(out_dir).resolve()
     check_target(out)
     parameters = {"seed": seed, "size": size, "train": train, "test_good": test_good, "test_defect": test_defect}
@@ -158,14 +176,15 @@ def generate(
     try:
         train_records, test_records = [], []
         for name in generator.CLASSES:
-            train_part, test_part = _write_class(partial, name, seed, size, counts, kind)
+            train_part, test_part = _write_class(partial, name, seed, size, counts, kind, layout)
             train_records += train_part
             test_records += test_part
-        _write_lines(partial / "train.json", train_records)
-        _write_lines(partial / "test.json", test_records)
-        write_rgb(str(partial / CONTACT_SHEET), contact_sheet(seed, size, kind))
+        if layout == "mvtec":
+            _write_lines(partial / "train.json", train_records)
+            _write_lines(partial / "test.json", test_records)
+            write_rgb(str(partial / CONTACT_SHEET), contact_sheet(seed, size, kind))
         names = {"classes": generator.CLASSES, "defects": generator.DEFECTS}
-        marker = {"generator": GENERATOR, "kind": kind, **parameters, **names}
+        marker = {"generator": GENERATOR, "kind": kind, "layout": layout, **parameters, **names}
         (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():
             out.rename(previous)
@@ -191,19 +210,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=KINDS, default="demo",
                         help="demo: fabric, wood, nut, capsule (default); parts: tile, carpet, gear, pill; photos: "
                              "brick, grass, gravel, tissue (real photographs, drawn-in defects)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="mvtec",
+                        help="mvtec: MVTec AD folders and the DiAD meta files (default); folder: the same images as a "
+                             "plain folder (<class>/good/train, good/test, <class>/<defect>, ground_truth/<defect>)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        out = generate(args.out_dir, args.seed, args.size, args.train, args.test_good, args.test_defect, args.kind)
+        out = generate(args.out_dir, args.seed, args.size, args.train, args.test_good, args.test_defect, args.kind,
+                       args.layout)
     except ValueError as exc:
         parser.error(str(exc))
     generator = KINDS[args.kind]
     per_class = args.train + args.test_good + args.test_defect * len(generator.DEFECTS)
     print(
         f"wrote {per_class * len(generator.CLASSES)} images ({', '.join(generator.CLASSES)}; defects "
-        f"{', '.join(generator.DEFECTS)}) to {out} in {time.perf_counter() - start:.1f} s\n"
-        f"contact sheet: {out / CONTACT_SHEET}"
+        f"{', '.join(generator.DEFECTS)}) to {out} ({args.layout} layout) in {time.perf_counter() - start:.1f} s"
     )
+    if args.layout == "mvtec":
+        print(f"contact sheet: {out / CONTACT_SHEET}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Datasets: a torch-free index of samples in any supported layout, and a torch ``Dataset`` over it.
+"""Datasets for training: the torch-free layouts of :mod:`runtime.datasets` and a torch ``Dataset`` over them.
 
 ``AnomalyDataset`` is imported on first use, so that reading and checking a dataset never imports torch.
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.data.detect import load_index
-from training.data.index import DatasetIndex, Sample, split_validation
+from runtime.datasets import DatasetIndex, Sample, load_index, split_validation
 
 __all__ = ["AnomalyDataset", "DatasetIndex", "Sample", "load_index", "split_validation"]
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from runtime.datasets import Sample
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import IMAGE_SIZE, preprocess, preprocess_mask, read_image, read_mask
-from training.data.index import Sample
 
 
 class AnomalyDataset(Dataset):

@@ -218,18 +218,12 @@ def sd15() -> ModelConfig:
 def tiny() -> ModelConfig:
     """The same graph at small widths, with a seeded random context; starts from the shipped base model.
 
-    Chosen by measurement on the demo's synthetic set (2-core CPU, all 240 test images, README "Accuracy of the
-    tiny recipe"): 8 latent channels (the 4 of kl-f8 reconstructed held-out scenes at 18.7 dB against 20.6 dB),
-    the pretrained EfficientNet-Lite0 scorer, ``all`` injection (``mid+sff`` lost 0.02-0.07 AUROC), a VAE scaling
-    factor of 0.33 instead of SD's 0.18215 (it gives the latents unit variance as SD's gives SD's VAE; at 0.18215
-    their standard deviation was 0.5, so noise weighed double, and DiAD scored 0.880 / 0.930 I / P-AUROC against
-    0.894 / 0.961 at t = 24), and from t = 24 two DDIM steps (tau = 13, 1) on an antithetic pair of noise draws
-    whose sample latents are averaged: with one draw the least noise measured scored best (t = 12), and a draw's
-    luck moved I-AUROC by up to 0.015 between seeds; the pair cancels the noise's first-order effect, is as good as
-    16 independent draws, and put DiAD level with or ahead of its VAE (0.953 / 0.971 / 0.930 against 0.953 / 0.971 /
-    0.929 on a 229 + 594-step demo run of 2026-12-03; one draw at t = 12: 0.947 / 0.969 / 0.927). The scorer
-    measures the image's features and the reconstruction's feature residual against their normal statistics
-    (``joint``, one covariance shared by the positions; docs/peers.md has the measurements).
+    128 px images; 8 latent channels with a VAE scaling factor of 0.33, which gives the latents unit variance as
+    SD's 0.18215 does for SD's VAE; ``all`` SG injection; the ImageNet EfficientNet-Lite0 scorer (layers 1-3)
+    measuring the image's features and the reconstruction's feature residual against their normal statistics
+    (``joint``, one covariance shared by the positions); inference from t = 24 with two DDIM steps (tau = 13, 1)
+    on an antithetic pair of noise draws (ε, −ε) whose sample latents are averaged before decoding. The
+    measurements behind each choice: docs/accuracy.md and docs/peers.md.
     """
     return ModelConfig(
         name="tiny",
@@ -259,7 +253,7 @@ SCHEDULES = ("constant", "cosine")
 RECIPES = {
     # The reference: lr 4.5e-5 x batch size (4 per GPU, 8 micro-batches), LPIPS weight 1; DiAD lr 1e-5.
     "sd15": Recipe(AutoencoderRecipe(lr=1.8e-4, batch_size=4, accumulate=8), DiADRecipe(lr=1e-5, batch_size=4)),
-    # Chosen by measurement on a 2-core CPU (README, "Accuracy of the tiny recipe").
+    # The tiny recipe: cosine schedules, 64 px autoencoder crops, DiAD trained on t < 200 (docs/accuracy.md).
     "tiny": Recipe(
         AutoencoderRecipe(lr=1e-3, batch_size=16, accumulate=1, crop=64, schedule="cosine"),
         DiADRecipe(lr=1e-3, batch_size=4, schedule="cosine", max_timestep=200),

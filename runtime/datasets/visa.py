@@ -11,8 +11,18 @@ import csv
 from collections.abc import Collection
 from pathlib import Path
 
+from runtime.datasets.index import (
+    ANOMALY,
+    DatasetIndex,
+    Problem,
+    Sample,
+    check_index,
+    choose_classes,
+    layout_error,
+    subfolders,
+    unknown_folder,
+)
 from runtime.files import GOOD
-from training.data.index import ANOMALY, DatasetIndex, Sample, check_index, choose_classes, layout_error
 
 LAYOUT = "visa"
 CSV = Path("split_csv") / "1cls.csv"
@@ -40,7 +50,13 @@ def load(root: Path, classes: Collection[str] | None = None) -> DatasetIndex:
             raise layout_error(f"{path}: missing column(s) {', '.join(missing)}", EXPECTED)
         samples = [_sample(root, row, f"{path}, line {reader.line_num}") for row in reader]
     chosen = set(choose_classes(sorted({s.class_name for s in samples}), classes, root))
-    return check_index(DatasetIndex(LAYOUT, root, tuple(s for s in samples if s.class_name in chosen)), EXPECTED)
+    kept = tuple(s for s in samples if s.class_name in chosen)
+    problems = [Problem(s.image, f"defect image without a mask in {path}") for s in kept
+                if s.label == 1 and s.mask is None]
+    listed = {s.image.relative_to(root).parts[0] for s in samples if s.image.is_relative_to(root)}
+    problems += [unknown_folder(d, f"only the folders {path} lists images in") for d in subfolders(root)
+                 if d.name not in listed and d != root / CSV.parent]
+    return check_index(DatasetIndex(LAYOUT, root, kept, tuple(problems), EXPECTED))
 
 
 def _sample(root: Path, row: dict[str, str | None], where: str) -> Sample:
