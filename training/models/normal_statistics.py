@@ -144,5 +144,5 @@ class StatisticsFit:
             ridge = self.settings.shrinkage * torch.diagonal(cov, dim1=-2, dim2=-1).mean() + 1e-8
             precision = torch.linalg.inv(cov + ridge * torch.eye(dim, dtype=cov.dtype))
             tensors.update({f"channels_{k}": self.channels[k], f"mean_{k}": mean.float(),
-                            f"precision_{k}": precision.float()})
+                            f"precision_{k}": precision.float().contiguous()})  # as loaded: bit-identical scores
         return NormalStatistics(self.settings, tensors, {**(info or {}), "images": n})
