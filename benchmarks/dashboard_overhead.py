@@ -25,12 +25,14 @@ from itertools import islice
 import numpy as np
 
 from benchmarks.live import StreamProcess, chromium, summary
+from runtime.annotation import frame_picture
 from runtime.cli import run_cli
 from runtime.dashboard import Dashboard, dashboard_address, model_info
 from runtime.dashboard.live import jpeg
 from runtime.detector import Detector
+from runtime.records import prediction_record
 from runtime.sources import open_source
-from runtime.stream import frame_picture, prediction_record, prepare_frame
+from runtime.stream_pipeline import prepare_frame
 
 
 def dashboard_costs(model: str, frames: int = 24, records: int = 2000) -> dict:

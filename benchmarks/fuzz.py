@@ -32,16 +32,8 @@ from benchmarks.memory import reset_peak, status_mib
 from runtime.cli import run_cli
 from runtime.errors import DiadError, ModelFolderError
 from runtime.limits import Limits
-from runtime.manifest import (
-    COMPONENTS,
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    Manifest,
-    Thresholds,
-    expected_tensors,
-    file_entry,
-)
+from runtime.component_io import COMPONENTS, expected_tensors
+from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, Thresholds, file_entry
 from runtime.preprocess import check_rgb, decode_image, preprocess
 from runtime.schedule import ddim_plan
 

@@ -27,7 +27,8 @@ import numpy as np
 from benchmarks.memory import status_mib
 from runtime.backends.onnxruntime import OPTIMIZED_CACHE, PROVIDERS, SessionSettings, import_ort, open_session
 from runtime.cli import run_cli
-from runtime.manifest import COMPONENT_IO, Manifest, schedule_inputs
+from runtime.component_io import COMPONENT_IO, schedule_inputs
+from runtime.manifest import Manifest
 
 VARIANTS = {
     "default": {},

@@ -2,7 +2,7 @@
 
     python -m benchmarks.soak --model MODEL_DIR [--frames 10000] [--report-every 500] [--batch-size 8] [--backend ...]
 
-Frames go through :func:`runtime.stream.stream` exactly as in ``python -m runtime.stream`` (no outputs but this
+Frames go through :func:`runtime.stream_run.stream` exactly as in ``python -m runtime.stream`` (no outputs but this
 report). Every ``--report-every`` frames a Markdown row gives the process's resident memory and the p50 / p95
 latency of that window; at the end, the RSS growth from the first window to the last and the latency drift
 (last window's p50 against the first's). SIGINT / SIGTERM end the soak early with the report. The exit status
@@ -21,8 +21,10 @@ import numpy as np
 
 from benchmarks.memory import status_mib
 from runtime.cli import add_backend_arguments, run_cli
+from runtime.model_folder import open_detector
 from runtime.sources import open_source
-from runtime.stream import open_detector, stop_on_signals, stream
+from runtime.stream import stop_on_signals
+from runtime.stream_run import stream
 
 
 class Monitor:

@@ -4,7 +4,7 @@
         [--spinning on,off] [--out runs/stream_pipeline]
 
 Both modes score the same synthetic conveyor frames (seed 0) with the same :class:`~runtime.detector.Detector`,
-write a JSON line per frame and an annotated video. ``pipelined`` is :func:`runtime.stream.stream` (capture and
+write a JSON line per frame and an annotated video. ``pipelined`` is :func:`runtime.stream_run.stream` (capture and
 pre-processing, the model, and the outputs in three threads); ``serial`` takes a batch, pre-processes it, scores
 it and writes it before taking the next (what the stream did before it was pipelined). ``--spinning`` runs each
 with ONNX Runtime's intra-op threads spin-waiting between operators (ONNX Runtime's own default) and without (the
@@ -25,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.annotation import frame_picture
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, SessionSettings
 from runtime.cli import run_cli
 from runtime.detector import Detector
+from runtime.records import error_record, prediction_record
 from runtime.sinks import JsonlSink, open_frame_sink
 from runtime.sources import open_source
-from runtime.stream import error_record, frame_picture, prediction_record, prepare_frame, stream
+from runtime.stream_pipeline import prepare_frame
+from runtime.stream_run import stream
 
 FIELDS = ("mode", "batch_size", "spinning", "frames", "seconds", "fps")
 
@@ -57,7 +60,7 @@ def serial(detector: Detector, frames: int, batch_size: int, out: Path) -> int:
 
 
 def pipelined(detector: Detector, frames: int, batch_size: int, out: Path) -> int:
-    """:func:`runtime.stream.stream` over ``frames`` synthetic frames; returns the frames written."""
+    """:func:`runtime.stream_run.stream` over ``frames`` synthetic frames; returns the frames written."""
     with JsonlSink(str(out / "pipelined.jsonl")) as records, open_frame_sink(str(out / "pipelined.mp4"), 10.0) as video:
         summary = stream(detector, open_source("synthetic", seed=0), [records], [video], frames=frames,
                          batch=batch_size)

@@ -33,17 +33,10 @@ import numpy as np
 
 from runtime.backends.tensorrt import TensorRTBackend
 from runtime.backends.tensorrt_env import TensorRTUnavailableError, compute_capability, engine_filename, import_cudart
-from runtime.manifest import (
-    COMPONENT_IO,
-    FORMAT,
-    FORMAT_VERSION,
-    Manifest,
-    expected_tensors,
-    file_entry,
-    noise_inputs,
-    schedule_inputs,
-)
+from runtime.component_io import COMPONENT_IO, expected_tensors, noise_inputs, schedule_inputs
+from runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, file_entry
 from runtime.schedule import DDIMPlan, ddim_plan, draws_per_image
+from runtime.sequence import WallClock, ddim_loop, infer
 
 STANDIN_VERSION = "stand-in"  # the engines' "TensorRT version"
 IMAGE, LATENT, FACTOR = 256, (3, 32, 32), 8  # the stand-in folder: images, latents (= hints), their ratio
@@ -151,29 +144,78 @@ FORMULAS: dict[str, Callable[..., None]] = {f.__name__: f for f in (
     vae_encoder, hint_encoder, noise_latents, denoise_step, mean_of_draws, vae_decoder, scorer)}
 
 
+class FormulaStages:
+    """The stage kernels of :mod:`runtime.sequence` as :data:`FORMULAS` on the CPU (image-major draws, as the
+    backend's graphs)."""
+
+    def __init__(self, draws: np.ndarray):
+        self.draws = draws
+
+    def encode(self, image: Any) -> Any:
+        import torch
+
+        latent = torch.empty(len(image), *LATENT)
+        vae_encoder(image, latent)
+        return latent
+
+    def encode_hint(self, image: Any) -> Any:
+        import torch
+
+        hint = torch.empty(len(image), *LATENT)
+        hint_encoder(image, hint)
+        return hint
+
+    def noise(self, latent: Any, hint: Any, plan: DDIMPlan) -> tuple[Any, Any]:
+        import torch
+
+        batch, draws = len(latent), len(self.draws)
+        x, hints = torch.empty(batch, draws, *LATENT), torch.empty(batch, draws, *LATENT)
+        scales = [torch.from_numpy(v) for v in noise_inputs(plan, batch).values()]
+        noise_latents(latent, hint, torch.from_numpy(draws_per_image(self.draws, batch)), *scales, x, hints)
+        return x.view(batch * draws, *LATENT), hints.view(batch * draws, *LATENT)
+
+    def loop(self, x: Any, hints: Any, plan: DDIMPlan) -> Any:
+        import torch
+
+        values = list(zip(*schedule_inputs(plan).values()))
+
+        def step(k: int, x: Any) -> Any:
+            out = torch.empty_like(x)
+            denoise_step(x, hints, *(torch.full((len(x),), float(v)) for v in values[k]), out)
+            return out
+
+        return ddim_loop(step, x, plan)
+
+    def mean(self, x: Any) -> Any:
+        import torch
+
+        draws = len(self.draws)
+        mean = torch.empty(len(x) // draws, *LATENT)
+        mean_of_draws(x.view(len(x) // draws, draws, *LATENT), mean)
+        return mean
+
+    def decode(self, sample: Any) -> Any:
+        import torch
+
+        recon = torch.empty(len(sample), 3, IMAGE, IMAGE)
+        vae_decoder(sample, recon)
+        return recon
+
+    def score(self, image: Any, recon: Any) -> tuple[Any, Any]:
+        import torch
+
+        amap, score = torch.empty(len(image), IMAGE, IMAGE), torch.empty(len(image))
+        scorer(image, recon, amap, score)
+        return amap, score
+
+
 def reference(images: np.ndarray, plan: DDIMPlan, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Maps and scores of :data:`FORMULAS` on the CPU, composed as the backend composes the components."""
+    """Maps and scores of :data:`FORMULAS` on the CPU, through the same sequence as the backend."""
     import torch
 
-    batch, draws = len(images), len(noise)
-    image = torch.from_numpy(images)
-    latent, hint = torch.empty(batch, *LATENT), torch.empty(batch, *LATENT)
-    vae_encoder(image, latent)
-    sample = latent
-    if not plan.vae_only:
-        hint_encoder(image, hint)
-        x, hints = [torch.empty(batch * draws, *LATENT) for _ in range(2)], torch.empty(batch * draws, *LATENT)
-        scales = [torch.from_numpy(v) for v in noise_inputs(plan, batch).values()]
-        noise_latents(latent, hint, torch.from_numpy(draws_per_image(noise, batch)), *scales,
-                      x[0].view(batch, draws, *LATENT), hints.view(batch, draws, *LATENT))
-        for i, step in enumerate(zip(*schedule_inputs(plan).values())):
-            values = [torch.full((batch * draws,), float(v), dtype=torch.float32) for v in step]
-            denoise_step(x[i % 2], hints, *values, x[(i + 1) % 2])
-        sample = torch.empty(batch, *LATENT)
-        mean_of_draws(x[plan.steps % 2].view(batch, draws, *LATENT), sample)
-    recon, amap, score = torch.empty_like(image), torch.empty(batch, IMAGE, IMAGE), torch.empty(batch)
-    vae_decoder(sample, recon)
-    scorer(image, recon, amap, score)
+    done = infer(FormulaStages(noise), torch.from_numpy(images), plan, 1 if plan.vae_only else len(noise),
+                 WallClock())
+    amap, score = done.scored
     return amap.numpy(), score.numpy()
 
 

@@ -1,8 +1,8 @@
 """PyTorch eager inference behind the runtime's backend interface, so the sweep times every backend alike.
 
-``TorchBackend`` runs our inference (:meth:`DiAD.reconstruct`'s steps: encode, noise with each draw, hint once,
-DDIM without guidance on every draw at once, mean over draws, decode, score; the VAE-only plan: encode, decode,
-score) with per-stage synchronised timing;
+``TorchBackend`` runs the inference sequence of :mod:`runtime.sequence` on the model's own stage kernels
+(:class:`training.models.diad.ModelStages`, as :meth:`DiAD.reconstruct` does) plus the scorer, with per-stage
+synchronised timing;
 on CUDA it can capture the DDIM loop as one CUDA graph (``cuda_graph=True``; otherwise each step is synchronised
 and timed on its own). ``precision`` "fp16" casts the model (CUDA only; on the CPU PyTorch has no fast FP16
 kernels and the sweep skips it). The loop takes each step's timestep and alphas as device tensors made once per
@@ -12,14 +12,14 @@ capture rejects.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from runtime.backends.base import BackendOutput
 from runtime.schedule import DDIMPlan, as_draws
-from training.models.diad import DiAD, mean_of_draws, noise_latents
+from runtime.sequence import STAGES, WallClock, infer
+from training.models.diad import DiAD, ModelStages
 from training.models.scorer import FeatureScorer
 
 
@@ -50,19 +50,11 @@ class TorchBackend:
             return "CUDA graphs need a CUDA device"
         return ""
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _timed(self, seconds: dict[str, float], stage: str, fn: Callable[[], object]) -> object:
-        self._sync()
-        start = time.perf_counter()
-        out = fn()
-        self._sync()
-        seconds[stage] = time.perf_counter() - start
-        return out
-
-    def _step_tensors(self, plan: DDIMPlan) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def step_tensors(self, plan: DDIMPlan) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per DDIM step: the timestep (int64) and both alphas (the model's dtype) on the device, made once."""
         key = (tuple(plan.timesteps), tuple(plan.alphas), tuple(plan.alphas_prev))
         if key not in self._steps:
@@ -75,33 +67,19 @@ class TorchBackend:
             ]
         return self._steps[key]
 
-    def _loop(
-        self, x: torch.Tensor, hint: torch.Tensor, steps: list[tuple[torch.Tensor, ...]],
-        step_seconds: list[float] | None = None,
-    ) -> torch.Tensor:
-        """The DDIM loop; given ``step_seconds``, each step is synchronised and its wall seconds appended."""
-        for t, a, p in steps:
-            start = time.perf_counter()
-            x = DiAD.ddim_step(x, self.model.denoise(x, t, hint), a, p)
-            if step_seconds is not None:
-                self._sync()
-                step_seconds.append(time.perf_counter() - start)
-        return x
-
-    def _graph_loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
+    def graph_loop(self, x: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan, stages: PipelineStages) -> torch.Tensor:
         """The DDIM loop replayed from a CUDA graph captured once per (batch, plan)."""
         key = (x.shape[0], tuple(plan.timesteps), plan.start_t)
         if key not in self._graphs:
-            steps = self._step_tensors(plan)  # host-to-device copies, before the capture
             static = {"x": x.clone(), "hint": hint.clone()}
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._loop(static["x"], static["hint"], steps)  # warm-up outside the capture
+                ModelStages.loop(stages, static["x"], static["hint"], plan)  # warm-up outside the capture
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static["out"] = self._loop(static["x"], static["hint"], steps)
+                static["out"] = ModelStages.loop(stages, static["x"], static["hint"], plan)
             self._graphs[key] = (graph, static)
         graph, static = self._graphs[key]
         static["x"].copy_(x)
@@ -113,43 +91,51 @@ class TorchBackend:
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
-        """The pipeline on one batch; the VAE-only plan decodes the clean latent (no noise, hint or step)."""
-        seconds: dict[str, float] = {}
+        """The sequence (:func:`runtime.sequence.infer`) on one batch through :class:`PipelineStages`."""
+        clock = WallClock(self.sync)
+        stages = PipelineStages(self, noise)
         image = torch.from_numpy(images).to(self.device, self.dtype)
-        step_seconds: list[float] = []
-        if plan.vae_only:
-            sample = self._timed(seconds, "encode", lambda: self.model.vae.encode_mean(image))
-            seconds["steps"] = 0.0
-        else:
-            sample = self._diffuse(image, plan, noise, seconds, step_seconds)
-        recon = self._timed(seconds, "decode", lambda: self.model.vae.decode(sample))
-        amap, score = self._timed(seconds, "score", lambda: self.scorer(image, recon))
+        done = infer(stages, image, plan, 1 if plan.vae_only else stages.draws, clock)
+        amap, score = done.scored
         return BackendOutput(
             amap.float().cpu().numpy(), score.float().cpu().numpy(),
-            recon.float().cpu().numpy() if keep_reconstruction else None, seconds, step_seconds,
+            done.reconstruction.float().cpu().numpy() if keep_reconstruction else None,
+            {stage: clock.seconds[stage] for stage in STAGES}, stages.step_seconds,
         )
-
-    def _diffuse(
-        self, image: torch.Tensor, plan: DDIMPlan, noise: np.ndarray, seconds: dict[str, float],
-        step_seconds: list[float],
-    ) -> torch.Tensor:
-        """Encode (latent and hint), noise with each draw, the DDIM loop on every draw at once, the mean over
-        draws: the sample latent (``encode`` and ``steps`` timed into ``seconds``)."""
-        draws = torch.from_numpy(as_draws(noise)).to(self.device, self.dtype)
-
-        def encode() -> tuple[torch.Tensor, torch.Tensor]:
-            latent = self.model.vae.encode_mean(image)
-            noised = noise_latents(latent, draws, plan.start_alpha)
-            return noised, self.model.sg.encode_hint(image).repeat(len(draws), 1, 1, 1)
-
-        noised, hint = self._timed(seconds, "encode", encode)
-        if self.cuda_graph:
-            sample = self._timed(seconds, "steps", lambda: self._graph_loop(noised, hint, plan))
-        else:
-            steps = self._step_tensors(plan)
-            sample = self._timed(seconds, "steps", lambda: self._loop(noised, hint, steps, step_seconds))
-        return mean_of_draws(sample, len(draws))
 
     def close(self) -> None:
         self._graphs.clear()
         self._steps.clear()
+
+
+class PipelineStages(ModelStages):
+    """The model's stage kernels with the backend's precision, device-side step values, CUDA graph loop, scorer
+    and per-step timing (eager loops only: each step synchronised)."""
+
+    def __init__(self, backend: TorchBackend, noise: np.ndarray):
+        draws = torch.from_numpy(as_draws(noise)).to(backend.device, backend.dtype)
+        super().__init__(backend.model, None, len(draws), None if backend.cuda_graph else self.timed)
+        self.backend, self.fixed = backend, draws
+        self.step_seconds: list[float] = []
+        self.started = 0.0
+
+    def draws_like(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.fixed
+
+    def step_values(self, plan: DDIMPlan) -> list[tuple]:
+        return self.backend.step_tensors(plan)  # host-to-device copies, before any capture
+
+    def loop(self, x: torch.Tensor, hints: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
+        if self.backend.cuda_graph:
+            return self.backend.graph_loop(x, hints, plan, self)
+        self.started = time.perf_counter()
+        return super().loop(x, hints, plan)
+
+    def timed(self, _k: int) -> None:
+        self.backend.sync()
+        now = time.perf_counter()
+        self.step_seconds.append(now - self.started)
+        self.started = now
+
+    def score(self, images: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backend.scorer(images, reconstruction)

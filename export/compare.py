@@ -21,7 +21,8 @@ from export.tensorrt import BATCH_AXIS, build_engine, parse_components, profile_
 from runtime.backends.tensorrt_env import TensorRTUnavailableError, import_tensorrt, select_device
 from runtime.cli import run_cli
 from runtime.devices import cuda_ordinal
-from runtime.manifest import Manifest, noise_inputs, schedule_inputs
+from runtime.component_io import noise_inputs, schedule_inputs
+from runtime.manifest import Manifest
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The two graphs that keep a batch's noise draws on the device, ``noise_latents`` and ``mean_of_draws``
-(:data:`runtime.manifest.DRAW_COMPONENTS`), built with ``onnx.helper``.
+(:data:`runtime.component_io.DRAW_COMPONENTS`), built with ``onnx.helper``.
 
 They hold no weights, only the arithmetic of :func:`runtime.schedule.noise_latents` (``q_sample`` with the
 plan's float32 coefficients as inputs) and :func:`runtime.schedule.mean_of_draws` for one latent shape and number
@@ -25,15 +25,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.cli import run_cli
-from runtime.manifest import (
-    COMPONENT_IO,
-    DRAW_COMPONENTS,
-    MANIFEST,
-    Manifest,
-    expected_tensors,
-    file_entry,
-    noise_inputs,
-)
+from runtime.component_io import COMPONENT_IO, DRAW_COMPONENTS, expected_tensors, noise_inputs
+from runtime.manifest import MANIFEST, Manifest, component_entry
 from runtime.schedule import draws_per_image, mean_of_draws, noise_latents
 
 OPSET = 17  # ReduceMean takes its axes as an attribute up to opset 17
@@ -85,7 +78,7 @@ def write_draw_graphs(
     entries = {}
     for name, model in graphs.items():
         onnx.save_model(model, str(root / f"{name}.onnx"))
-        entries[name] = {**file_entry(root, f"{name}.onnx"), "external_data": [], **tensors[name]}
+        entries[name] = component_entry(root, [f"{name}.onnx"], tensors[name])
     return entries
 
 

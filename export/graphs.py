@@ -16,7 +16,7 @@ import torch
 from diffusers.models.embeddings import Timesteps
 from torch import nn
 
-from runtime.manifest import COMPONENT_IO
+from runtime.component_io import COMPONENT_IO
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer
 
@@ -116,7 +116,7 @@ class ScorerGraph(nn.Module):
 @dataclass(frozen=True)
 class Component:
     """A graph to export: its module and example inputs (batch 2, so nothing specialises on batch 1), its tensors
-    named by :data:`runtime.manifest.COMPONENT_IO`."""
+    named by :data:`runtime.component_io.COMPONENT_IO`."""
 
     name: str
     module: nn.Module
@@ -152,7 +152,7 @@ def components(model: DiAD, scorer: FeatureScorer, batch: int = 2) -> list[Compo
 
 
 def example_shapes(graphs: list[Component]) -> dict[str, list[int]]:
-    """Per kind of tensor (:data:`runtime.manifest.COMPONENT_IO`), the per-image shape of the example inputs."""
+    """Per kind of tensor (:data:`runtime.component_io.COMPONENT_IO`), the per-image shape of the example inputs."""
     return {
         kind: list(graph.inputs[name].shape[1:])
         for graph in graphs for name, kind in COMPONENT_IO[graph.name].inputs.items()

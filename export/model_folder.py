@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -16,18 +16,9 @@ from export.fp16 import to_fp16
 from export.graphs import Component, components, example_shapes, fp32_scopes
 from export.onnx import DEFAULT_OPSET, check, export_component, save
 from runtime.errors import ModelFolderError
-from runtime.manifest import (
-    COMPONENTS,
-    DRAW_COMPONENTS,
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    Manifest,
-    expected_tensors,
-    file_entry,
-)
-from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan
+from runtime.component_io import expected_tensors
+from runtime.manifest import MANIFEST, Manifest, component_entry, write_manifest
+from runtime.schedule import DDIMPlan, ddim_plan
 from training.models.diad import DiAD
 from training.models.presets import ModelConfig
 from training.models.scorer import FeatureScorer
@@ -112,16 +103,16 @@ def export_one(component: Component, out: Path, precision: str, opset: int) -> E
     return ExportedComponent(component.name, files, time.perf_counter() - start)
 
 
-def statistics_entry(scorer: FeatureScorer) -> dict:
-    """The manifest's record of the scorer's normal statistics (none: an empty dict)."""
+def statistics_record(scorer: FeatureScorer) -> dict[str, Any] | None:
+    """The manifest's record of the scorer's normal statistics (None without)."""
     statistics = scorer.statistics
     if statistics is None:
-        return {}
+        return None
     info, settings = statistics.info, statistics.settings
     plan = {"steps": int(info["steps"]), "start_t": 0 if info["steps"] == 0 else int(info["start_t"]),
             "draws": int(info["draws"])}
     record = {"kind": settings.kind, "scope": settings.scope, "channels": settings.channels, "plan": plan}
-    return {"statistics": {**record, **{k: info[k] for k in ("images", "data") if k in info}}}
+    return {**record, **{k: info[k] for k in ("images", "data") if k in info}}
 
 
 def export_graphs(
@@ -136,13 +127,20 @@ def export_graphs(
     shapes = example_shapes(graphs)
     latent_shape, hint_shape = shapes["latent"], shapes["hint"]
     tensors = expected_tensors(model.config.image_size, latent_shape, hint_shape, draws)
-    entries = {}
-    for result in exported:
-        entry = file_entry(out, result.files[0].name)
-        entry["external_data"] = [file_entry(out, f.name) for f in result.files[1:]]
-        entries[result.name] = {**entry, **tensors[result.name]}
+    entries = {e.name: component_entry(out, [f.name for f in e.files], tensors[e.name]) for e in exported}
     entries |= write_draw_graphs(out, model.config.image_size, latent_shape, hint_shape, draws)
     return exported, entries, shapes
+
+
+def fresh_partial(out: Path) -> Path:
+    """``out.partial``, emptied: where the model folder is written before it is renamed to ``out``."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    elif partial.exists():
+        partial.unlink()
+    partial.mkdir(parents=True)
+    return partial
 
 
 def write_model_folder(
@@ -170,58 +168,17 @@ def write_model_folder(
     config = model.config
     plan = export_plan(config, steps, start_t)
     draws = config.inference.draws if draws is None else draws
-    partial = out.with_name(out.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    elif partial.exists():
-        partial.unlink()
-    partial.mkdir(parents=True)
-
+    partial = fresh_partial(out)
     exported, entries, shapes = export_graphs(model, scorer, partial, precision, opset, draws, progress)
-    data = {
-        "format": FORMAT, "version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "preset": config.name,
-        "image_size": config.image_size,
-        "latent_shape": shapes["latent"], "hint_shape": shapes["hint"],
-        "injection": model.sg.injection,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": "pil-bilinear-antialias"},
-        "precision": precision,
-        "opset": opset,
-        "max_batch": max_batch,
-        "schedule": {
-            "beta_schedule": "scaled_linear",
-            "beta_start": BETA_START,
-            "beta_end": BETA_END,
-            "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
-            "eta": 0.0,
-            **plan.to_dict(),
-        },
-        "noise": {
-            "policy": "fixed",
-            "seed": config.inference.noise_seed,
-            "generator": "runtime.schedule.noise_draws: numpy.random.default_rng(seed).standard_normal("
-                         "(ceil(draws / 2), *latent_shape), float32), each draw followed by its negative",
-            "shape": shapes["latent"],
-            "draws": draws,
-        },
-        "scorer": {
-            "backbone": config.scorer.backbone,
-            "layers": list(config.scorer.layers),
-            "weights": scorer.weights,
-            **statistics_entry(scorer),
-        },
-        "components": {name: entries[name] for name in COMPONENTS + DRAW_COMPONENTS},
-        "engines": {},
-        "thresholds": {},
-        "versions": library_versions(),
-    }
-    manifest = Manifest(partial, data)
-    manifest.save()
+    write_manifest(
+        partial, preset=config.name, image_size=config.image_size, latent_shape=shapes["latent"],
+        hint_shape=shapes["hint"], injection=model.sg.injection, precision=precision, opset=opset,
+        max_batch=max_batch, plan=plan, noise_seed=config.inference.noise_seed,
+        draws=draws, backbone=config.scorer.backbone, layers=config.scorer.layers, weights=scorer.weights,
+        statistics=statistics_record(scorer), components=entries, versions=library_versions(), source=source,
+    )
     if check_out(out).exists():  # checked again: the folder may have changed during the export
         shutil.rmtree(out)
     partial.rename(out)
     exported = [ExportedComponent(e.name, [out / f.name for f in e.files], e.seconds) for e in exported]
     return Manifest.load(out), exported
-

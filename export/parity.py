@@ -17,7 +17,8 @@ import torch
 from export.draw_graphs import draw_parity
 from export.graphs import Component, components
 from runtime.errors import DiadError
-from runtime.manifest import COMPONENT_IO, SCHEDULE_INPUTS, Manifest, schedule_inputs
+from runtime.component_io import COMPONENT_IO, SCHEDULE_INPUTS, schedule_inputs
+from runtime.manifest import Manifest
 from runtime.schedule import ddim_plan, fixed_noise, q_sample
 from training.models.diad import DiAD
 from training.models.scorer import FeatureScorer

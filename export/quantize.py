@@ -22,7 +22,6 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ from export.model_folder import check_out, library_versions
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.cli import run_cli
 from runtime.errors import DiadError, ModelFolderError
-from runtime.manifest import COMPONENTS, Manifest, file_entry
+from runtime.component_io import COMPONENTS
+from runtime.manifest import Manifest, component_entry, creation_time
 
 SCORE_TOLERANCE = 1e-2  # max |score int8 - score fp32| / max |score fp32|
 OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -137,10 +137,9 @@ def quantize_folder(
             files = [graph] + [partial / extra["file"] for extra in entry.get("external_data", [])]
             for file in files:
                 shutil.copyfile(source.root / file.name, file)
-        data["components"][name] = {**file_entry(partial, files[0].name), "inputs": entry["inputs"],
-                                    "outputs": entry["outputs"],
-                                    "external_data": [file_entry(partial, f.name) for f in files[1:]]}
-    data.update(precision="int8", created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tensors = {"inputs": entry["inputs"], "outputs": entry["outputs"]}
+        data["components"][name] = component_entry(partial, [f.name for f in files], tensors)
+    data.update(precision="int8", created=creation_time(),
                 source=str(source.root.resolve()), engines={}, thresholds={}, versions=library_versions())
     data["quantization"] = {"method": "onnxruntime.quantization.quantize_dynamic", "components": list(components),
                             "op_types": list(op_types), "weights": "int8", "activations": "uint8, dynamic",

@@ -25,7 +25,8 @@ from runtime.backends.tensorrt_env import engine_filename, import_tensorrt, sele
 from runtime.cli import run_cli
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
-from runtime.manifest import BATCH_AXIS, COMPONENT_IO, MANIFEST, Manifest, file_entry
+from runtime.component_io import BATCH_AXIS, COMPONENT_IO
+from runtime.manifest import MANIFEST, Manifest, file_entry
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 

@@ -62,12 +62,15 @@ from runtime.datasets.paths import GROUND_TRUTH, MASK_NAMES, class_of, find_mask
 from runtime.detector import Detector
 from runtime.errors import CalibrationError, DatasetLayoutError, ImageReadError, LimitError
 from runtime.files import GOOD, IMAGE_EXTENSIONS, image_files, is_image_file, is_pattern, matching_files
+from runtime.inflight import drain, make_room
 from runtime.limits import Limits
 from runtime.manifest import MANIFEST, Thresholds
 from runtime.preprocess import preprocess_mask, read_image, read_mask
 from runtime.schedule import plan_label
 
 MIN_IMAGES = 2  # readable normal images: fewer leave nothing to normalise pred_score with
+DEFAULT_FPR = 0.01  # target image false-reject rate
+DEFAULT_PIXEL_FPR = 0.001  # target share of normal pixels flagged
 RATE_NAMES = {"image": "false-reject rate", "pixel": "normal pixels flagged"}
 VALIDATION_LAYOUT = (
     "DIR/.../good/*.png (normal) and DIR/.../<defect>/*.png (defects), e.g. an MVTec class's test folder or a plain "
@@ -232,7 +235,7 @@ def list_validation(folder: str | Path, masks: str | Path | None = None) -> tupl
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-class _NoProgress:
+class NoProgress:
     """Stands in for a tqdm bar."""
 
     def update(self, n: int) -> None:
@@ -242,15 +245,15 @@ class _NoProgress:
         """Nothing to close."""
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar over ``total`` images when asked for and tqdm is installed, else a silent stand-in."""
     if enabled:
         try:
             from tqdm import tqdm
         except ImportError:
-            return _NoProgress()
+            return NoProgress()
         return tqdm(total=total, desc=desc, unit="img")
-    return _NoProgress()
+    return NoProgress()
 
 
 def _read(image: LabelledImage, size: int, with_masks: bool, limits: Limits) -> tuple[np.ndarray, np.ndarray | None]:
@@ -283,7 +286,7 @@ def score_images(
     outputs: list[BackendOutput] = []
     descriptors: list[np.ndarray] = []
     skipped: list[str] = []
-    bar = _progress(len(images), desc, progress)
+    bar = progress_bar(len(images), desc, progress)
     try:
         for start in range(0, len(images), step):
             frames = []
@@ -298,14 +301,12 @@ def score_images(
                 if mask is not None:
                     masks.append(mask)
             if frames:
-                if detector.pending >= detector.slots:
-                    outputs.append(detector.collect())
+                make_room(detector, outputs.append)
                 batch = detector.preprocess(frames)
                 descriptors.append(describe(batch))
                 detector.submit(batch)
             bar.update(len(images[start : start + step]))
-        while detector.pending:
-            outputs.append(detector.collect())
+        drain(detector, outputs.append)
     finally:
         bar.close()
     if not kept:
@@ -393,12 +394,90 @@ def _as_images(source: str | Path | Sequence[str | Path]) -> list[LabelledImage]
     return [LabelledImage(path) for path in files]
 
 
+def _validation_images(validation: str | Path | Sequence[LabelledImage] | None, masks: str | Path | None,
+                       notes: list[str]) -> list[LabelledImage]:
+    """The labelled validation images: a folder's (noting the unlabelled ones directly in it) or those given."""
+    if isinstance(validation, (str, Path)):
+        labelled, unlabelled = list_validation(validation, masks)
+        if unlabelled:
+            notes.append(f"{len(unlabelled)} image(s) directly in {validation} carry no label and were ignored")
+        return labelled
+    return [] if validation is None else list(validation)
+
+
+def _score_normal_images(detector: Detector, good: list[LabelledImage], fpr: float, batch_size: int | None,
+                         progress: bool) -> ScoredSet:
+    """The calibration images scored; :class:`CalibrationError` with fewer than :data:`MIN_IMAGES` readable."""
+    calib = score_images(detector, good, batch_size, progress=progress, desc="calibration")
+    if len(calib.images) < MIN_IMAGES:
+        needed = f" ({min_images(fpr)} to resolve a false-reject rate of {fpr:g})" if fpr > 0 else ""
+        raise CalibrationError(
+            f"{good[0].path}: {len(calib.images)} readable normal image(s) of {len(good)}; calibration needs at least "
+            f"{MIN_IMAGES}{needed}"
+        )
+    return calib
+
+
+def _fpr_rule(calib: ScoredSet, fpr: float, pixel_fpr: float, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """The FPR rule on the calibration images' scores (at ``fpr``) and pixels (at ``pixel_fpr``), with counts."""
+    return {"image": _fpr_stats(calib.scores, fpr, "image", notes),
+            "pixel": _fpr_stats(calib.maps, pixel_fpr, "pixel", notes)}
+
+
+def _f1_rule(
+    detector: Detector,
+    labelled: list[LabelledImage],
+    where: str | Path,
+    batch_size: int | None,
+    progress: bool,
+    notes: list[str],
+) -> tuple[ScoredSet, float, float | None, dict[str, Any]]:
+    """The F1 rule on the validation images: their scored set, the image threshold, the pixel threshold (None
+    when the masks do not allow it: the FPR rule's stands) and the rule's counts for ``details``."""
+    with_masks = all(image.mask is not None for image in labelled if image.label)
+    val = score_images(detector, labelled, batch_size, with_masks, progress, desc="validation")
+    labels = val.labels
+    if labels.min() == labels.max():
+        raise DatasetLayoutError(f"{where}: validation needs normal and defect images, the readable ones are all "
+                                 f"{'defects' if labels[0] else 'normal'}")
+    image, pixel = f1_threshold(val.scores, labels), None
+    rule: dict[str, Any] = {
+        "images": {"normal": int(np.sum(labels == 0)), "defect": int(np.sum(labels == 1))},
+        "skipped": val.skipped,
+        "image": _f1_stats(val.scores, labels, image),
+        "pixel": None,
+    }
+    if not with_masks:
+        notes.append("not every validation defect has a mask: the pixel threshold comes from the FPR rule")
+    elif not val.masks.any():
+        notes.append("the validation masks mark no pixel at the model resolution: pixel threshold by the FPR rule")
+    else:
+        pixel = f1_threshold(val.maps, val.masks)
+        rule["pixel"] = _f1_stats(val.maps.ravel(), val.masks.ravel(), pixel)
+    return val, image, pixel, rule
+
+
+def _normalisation_span(scored: Sequence[ScoredSet], first: Path) -> dict[str, tuple[float, float]]:
+    """The lowest and highest image score and pixel value of ``scored`` (calibration set first);
+    :class:`CalibrationError` naming ``first`` when they are equal."""
+    span = {"image": (float(min(s.scores.min() for s in scored)), float(max(s.scores.max() for s in scored))),
+            "pixel": (float(min(s.maps.min() for s in scored)), float(max(s.maps.max() for s in scored)))}
+    for kind, (low, high) in span.items():
+        if not high > low:
+            raise CalibrationError(
+                f"{first}: every {kind} value of the {len(scored[0].images)} calibration images is {low:.6g}, "
+                "which leaves no span to normalise pred_score with (it could only be 0 or 1); calibrate with more "
+                "varied normal images"
+            )
+    return span
+
+
 def calibrate(
     detector: Detector,
     good_images: str | Path | Sequence[str | Path],
     validation: str | Path | Sequence[LabelledImage] | None = None,
-    fpr: float = 0.01,
-    pixel_fpr: float = 0.001,
+    fpr: float = DEFAULT_FPR,
+    pixel_fpr: float = DEFAULT_PIXEL_FPR,
     batch_size: int | None = None,
     masks: str | Path | None = None,
     progress: bool = False,
@@ -420,70 +499,29 @@ def calibrate(
         raise ValueError("per-class thresholds follow the FPR rule on normal images; give no validation images")
     good = _as_images(good_images)
     notes: list[str] = []
-    labelled: list[LabelledImage] = []
-    if isinstance(validation, (str, Path)):
-        labelled, unlabelled = list_validation(validation, masks)
-        if unlabelled:
-            notes.append(f"{len(unlabelled)} image(s) directly in {validation} carry no label and were ignored")
-    elif validation is not None:
-        labelled = list(validation)
-    with_masks = bool(labelled) and all(image.mask is not None for image in labelled if image.label)
-
-    calib = score_images(detector, good, batch_size, progress=progress, desc="calibration")
-    if len(calib.images) < MIN_IMAGES:
-        needed = f" ({min_images(fpr)} to resolve a false-reject rate of {fpr:g})" if fpr > 0 else ""
-        raise CalibrationError(
-            f"{good[0].path}: {len(calib.images)} readable normal image(s) of {len(good)}; calibration needs at least "
-            f"{MIN_IMAGES}{needed}"
-        )
-    image_fpr = _fpr_stats(calib.scores, fpr, "image", notes)
-    pixel_fpr_stats = _fpr_stats(calib.maps, pixel_fpr, "pixel", notes)
-    image, pixel, method = image_fpr["threshold"], pixel_fpr_stats["threshold"], "fpr"
-    scores, maps, skipped = [calib.scores], [calib.maps], len(calib.skipped)
+    labelled = _validation_images(validation, masks, notes)
+    calib = _score_normal_images(detector, good, fpr, batch_size, progress)
+    fpr_rule = _fpr_rule(calib, fpr, pixel_fpr, notes)
+    image, pixel, method = fpr_rule["image"]["threshold"], fpr_rule["pixel"]["threshold"], "fpr"
     details: dict[str, Any] = {
         "plan": detector.plan.brief,
         "calibration": {"images": len(calib.images), "skipped": calib.skipped},
-        "fpr_rule": {"image": image_fpr, "pixel": pixel_fpr_stats},
+        "fpr_rule": fpr_rule,
     }
+    scored = [calib]
     if labelled:
-        val = score_images(detector, labelled, batch_size, with_masks, progress, desc="validation")
-        labels, skipped = val.labels, skipped + len(val.skipped)
-        if labels.min() == labels.max():
-            where = validation if isinstance(validation, (str, Path)) else "validation images"
-            raise DatasetLayoutError(f"{where}: validation needs normal and defect images, the readable ones are all "
-                                     f"{'defects' if labels[0] else 'normal'}")
-        image, method = f1_threshold(val.scores, labels), "f1-image"
-        f1_rule: dict[str, Any] = {
-            "images": {"normal": int(np.sum(labels == 0)), "defect": int(np.sum(labels == 1))},
-            "skipped": val.skipped,
-            "image": _f1_stats(val.scores, labels, image),
-            "pixel": None,
-        }
-        if not with_masks:
-            notes.append("not every validation defect has a mask: the pixel threshold comes from the FPR rule")
-        elif not val.masks.any():
-            notes.append("the validation masks mark no pixel at the model resolution: pixel threshold by the FPR rule")
-        else:
-            pixel, method = f1_threshold(val.maps, val.masks), "f1"
-            f1_rule["pixel"] = _f1_stats(val.maps.ravel(), val.masks.ravel(), pixel)
-        details["f1_rule"] = f1_rule
-        scores.append(val.scores)
-        maps.append(val.maps)
+        where = validation if isinstance(validation, (str, Path)) else "validation images"
+        val, image, f1_pixel, details["f1_rule"] = _f1_rule(detector, labelled, where, batch_size, progress, notes)
+        pixel, method = (pixel, "f1-image") if f1_pixel is None else (f1_pixel, "f1")
+        scored.append(val)
+    skipped = sum(len(s.skipped) for s in scored)
     if skipped:
         notes.append(f"{skipped} unreadable file(s) skipped")
     details["false_reject_rate"] = {
         "image": rejects(calib.scores, image) / calib.scores.size,
         "pixel": rejects(calib.maps, pixel) / calib.maps.size,
     }
-    span = {kind: (float(min(v.min() for v in values)), float(max(v.max() for v in values)))
-            for kind, values in (("image", scores), ("pixel", maps))}
-    for kind, (low, high) in span.items():
-        if not high > low:
-            raise CalibrationError(
-                f"{good[0].path}: every {kind} value of the {len(calib.images)} calibration images is {low:.6g}, "
-                "which leaves no span to normalise pred_score with (it could only be 0 or 1); calibrate with more "
-                "varied normal images"
-            )
+    span = _normalisation_span(scored, good[0].path)
     class_rules, scale = None, None
     if per_class:
         class_rules, scale, details["per_class"] = per_class_thresholds(calib, fpr, notes, classes)
@@ -564,13 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="model folder (manifest.json + ONNX graphs)")
     parser.add_argument("--images", required=True, help="folder (or glob pattern) of normal calibration images")
-    parser.add_argument("--fpr", type=float, default=0.01, help="target image false-reject rate (default 0.01)")
-    parser.add_argument("--pixel-fpr", type=float, default=0.001, help="target pixel false-positive rate (0.001)")
+    parser.add_argument("--fpr", type=float, default=DEFAULT_FPR,
+                        help=f"target image false-reject rate (default {DEFAULT_FPR:g})")
+    parser.add_argument("--pixel-fpr", type=float, default=DEFAULT_PIXEL_FPR,
+                        help=f"target pixel false-positive rate ({DEFAULT_PIXEL_FPR:g})")
     parser.add_argument("--validation", help="labelled folder (good/ and <defect>/ subfolders): F1-optimal thresholds")
     parser.add_argument("--masks", help="mask folder for --validation (default: MVTec's ../ground_truth)")
     parser.add_argument("--per-class", action="store_true",
-                        help="also an image threshold per class (the folder above train/ or test/, Data/ or good/); frames "
-                             "are judged by the nearest class's threshold")
+                        help="also an image threshold per class (the folder above train/ or test/, Data/ or good/); "
+                             "frames are judged by the nearest class's threshold")
     add_backend_arguments(parser)
     parser.add_argument("--steps", type=int, help="DDIM steps to calibrate for (default: the manifest's; 0: VAE-only "
                         "plan (no diffusion))")

@@ -7,14 +7,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from runtime.defaults import DEFAULT_BACKEND
 from runtime.devices import BACKENDS, DEVICE_HELP, PROVIDERS
 from runtime.errors import DiadError, DiadWarning
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--device`` and ``--provider`` (:mod:`runtime.devices`), alike in every command."""
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                        help="onnxruntime (default) or tensorrt: native TensorRT engines (python -m export.tensorrt)")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help=f"{DEFAULT_BACKEND} (default) or tensorrt: native TensorRT engines "
+                        "(python -m export.tensorrt)")
     parser.add_argument("--device", help=f"{DEVICE_HELP} (default cpu for onnxruntime, cuda:0 for tensorrt)")
     parser.add_argument("--provider", choices=PROVIDERS,
                         help="onnxruntime's execution provider: cpu, cuda or tensorrt (ONNX Runtime's TensorRT "

@@ -15,6 +15,7 @@ from runtime.backends.base import Backend, BackendOutput
 from runtime.class_thresholds import assign, describe
 from runtime.devices import BACKENDS
 from runtime.errors import BackendError, FrameError, ModelFolderError
+from runtime.inflight import make_room
 from runtime.limits import Limits
 from runtime.manifest import Manifest, Thresholds
 from runtime.preprocess import check_rgb, preprocess
@@ -174,8 +175,7 @@ class Detector:
         step = self.backend.max_batch
         chunks = range(0, len(batch), step)
         for i in chunks:
-            if self.backend.pending >= self.backend.slots:
-                self._collected.append(self.backend.collect())
+            make_room(self.backend, self._collected.append)
             self.backend.submit(batch[i : i + step], self.plan, self.noise, keep_reconstruction)
         self._chunks.append(len(chunks))
         self._descriptors.append(describe(batch) if self.thresholds.classes else None)

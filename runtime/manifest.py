@@ -1,42 +1,28 @@
-"""The model folder's schema: ``manifest.json`` beside one ONNX graph (and optionally TensorRT engines, one per
-TensorRT version and GPU architecture) per component. Written by ``export``, read and verified by the runtime; torch-free.
-
-Components and their tensors (:data:`COMPONENT_IO`; batch axis ``B`` dynamic, all I/O float32 even in an FP16
-model folder):
-
-* ``vae_encoder``: ``image`` (B, 3, S, S) ImageNet-normalised -> ``latent`` (B, C, s, s), posterior mean x the VAE's scaling factor
-* ``hint_encoder``: ``image`` -> ``hint`` (B, C, s, s), the SG network's encoded hint (once per image)
-* ``denoise_step``: ``x_t``, ``hint``, ``timestep`` (B,), ``alpha_t`` (B,), ``alpha_prev`` (B,) -> ``x_prev``:
-  SG network + UNet + the DDIM update, one call per step
-* ``vae_decoder``: ``latent`` -> ``image``
-* ``scorer``: ``image``, ``reconstruction`` -> ``anomaly_map`` (B, S, S), ``score`` (B,)
-
-and, in folders exported since the noise draws stay on the device (:data:`DRAW_COMPONENTS`; older folders lack
-them and still load), two graphs without weights that fan a batch out to its ``K`` noise draws and back
-(:mod:`export.draw_graphs`; the arithmetic of :func:`runtime.schedule.noise_latents` and
-:func:`runtime.schedule.mean_of_draws`, image-major):
-
-* ``noise_latents``: ``latent``, ``hint``, ``noise`` (B, K, C, s, s), ``signal`` (B,), ``spread`` (B,) ->
-  ``x_t`` (B, K, C, s, s) ``signal * latent + spread * noise``, ``hints`` (B, K, *hint) the hint once per draw
-* ``mean_of_draws``: ``samples`` (B, K, C, s, s) -> ``mean`` (B, C, s, s)
-"""
+"""The model folder's ``manifest.json``, every field defined once here (:data:`SCHEMA`: names, types and ranges,
+required keys, the defaults readers take for absent ones): written by :func:`write_manifest` (``export``), read and
+verified by :class:`Manifest`; torch-free. The manifest lists one ONNX graph per component (:mod:`runtime.component_io`:
+the components and their tensors) and optionally TensorRT engines, one per TensorRT version and GPU architecture."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.class_thresholds import DESCRIPTOR_SIZE
+from runtime.component_io import BATCH_AXIS, COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, expected_tensors
 from runtime.errors import ModelFolderError
-from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan, noise_draws
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, DDIMPlan, ddim_plan, noise_draws
 from runtime.schema import (
+    Check,
     SchemaError,
     anything,
     array,
@@ -51,73 +37,28 @@ from runtime.schema import (
     string,
 )
 
+__all__ = [
+    "BETA_SCHEDULE", "FORMAT", "FORMAT_VERSION", "MANIFEST", "MAX_BATCH", "MAX_DRAWS", "MAX_ENGINE_TARGETS",
+    "MAX_HINT_VALUES", "MAX_LATENT_VALUES", "MAX_MANIFEST_BYTES", "NOISE_GENERATOR", "NOISE_POLICY", "PRECISIONS",
+    "RESIZE", "SCHEMA", "Manifest", "Thresholds", "component_entry", "creation_time", "file_entry", "sha256",
+    "write_manifest",
+]
+
 MANIFEST = "manifest.json"
 FORMAT = "diad-edge-model"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamic quantisation of an FP32 folder (export.quantize)
-BATCH_AXIS = "B"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_BATCH = 1024
 MAX_DRAWS = 64  # noise draws per image: the denoiser runs on batch x draws latents
 MAX_LATENT_VALUES = 1 << 22  # per image: the fixed noise and each latent buffer (16 MiB of float32)
 MAX_HINT_VALUES = 1 << 24
 MAX_ENGINE_TARGETS = 64  # engines per component: one per (TensorRT version, compute capability)
-
-
-@dataclass(frozen=True)
-class ComponentIO:
-    """A component's input and output tensors in its graph's order: name -> kind of shape (:func:`tensor_shapes`)."""
-
-    inputs: dict[str, str]
-    outputs: dict[str, str]
-
-    def named_inputs(self, *values: Any) -> dict[str, Any]:
-        """``values`` given in the table's input order, by input name."""
-        return dict(zip(self.inputs, values, strict=True))
-
-    def named_outputs(self, *values: Any) -> dict[str, Any]:
-        """``values`` given in the table's output order, by output name."""
-        return dict(zip(self.outputs, values, strict=True))
-
-    @property
-    def tensors(self) -> dict[str, str]:
-        """Inputs, then outputs: name -> kind."""
-        return {**self.inputs, **self.outputs}
-
-    def of_kind(self, kind: str, side: str = "inputs") -> tuple[str, ...]:
-        """The names of the ``side`` (``"inputs"`` or ``"outputs"``) tensors of shape kind ``kind``."""
-        return tuple(name for name, k in getattr(self, side).items() if k == kind)
-
-    def only(self, kind: str, side: str = "inputs") -> str:
-        """The name of the one ``side`` tensor of kind ``kind``."""
-        (name,) = self.of_kind(kind, side)
-        return name
-
-
-# The one table of components and their tensors: the exporter names the graphs' I/O from it, the manifest's
-# expected tensors, the ONNX Runtime and TensorRT bindings and the checks all follow it. Kinds: "image"
-# (B, 3, S, S), "latent" (B, *latent_shape), "hint" (B, *hint_shape), "map" (B, S, S), "vector" (B,), "step":
-# a (B,) input taken from the DDIM plan (:func:`schedule_inputs`, :func:`noise_inputs`), and per image one of each
-# of its K noise draws: "draws" (B, K, *latent_shape), "hint_draws" (B, K, *hint_shape).
-COMPONENT_IO = {
-    "vae_encoder": ComponentIO({"image": "image"}, {"latent": "latent"}),
-    "hint_encoder": ComponentIO({"image": "image"}, {"hint": "hint"}),
-    "denoise_step": ComponentIO(
-        {"x_t": "latent", "hint": "hint", "timestep": "step", "alpha_t": "step", "alpha_prev": "step"},
-        {"x_prev": "latent"},
-    ),
-    "vae_decoder": ComponentIO({"latent": "latent"}, {"image": "image"}),
-    "scorer": ComponentIO({"image": "image", "reconstruction": "image"}, {"anomaly_map": "map", "score": "vector"}),
-    "noise_latents": ComponentIO(
-        {"latent": "latent", "hint": "hint", "noise": "draws", "signal": "step", "spread": "step"},
-        {"x_t": "draws", "hints": "hint_draws"},
-    ),
-    "mean_of_draws": ComponentIO({"samples": "draws"}, {"mean": "latent"}),
-}
-DRAW_COMPONENTS = ("noise_latents", "mean_of_draws")  # optional: folders exported before them lack both
-COMPONENTS = tuple(name for name in COMPONENT_IO if name not in DRAW_COMPONENTS)  # in every model folder
-SCHEDULE_INPUTS = COMPONENT_IO["denoise_step"].of_kind("step")  # timestep, alpha_t, alpha_prev
-NOISE_INPUTS = COMPONENT_IO["noise_latents"].of_kind("step")  # signal, spread: sqrt(a), sqrt(1 - a) at start_t
+BETA_SCHEDULE = "scaled_linear"  # runtime.schedule's betas
+RESIZE = "pil-bilinear-antialias"  # runtime.preprocess's resize
+NOISE_POLICY = "fixed"  # every image gets the same seeded draws
+NOISE_GENERATOR = ("runtime.schedule.noise_draws: numpy.random.default_rng(seed).standard_normal("
+                   "(ceil(draws / 2), *latent_shape), float32), each draw followed by its negative")
 
 
 def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -135,20 +76,54 @@ def file_entry(root: Path, name: str) -> dict[str, Any]:
     return {"file": name, "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
+def component_entry(root: Path, files: Sequence[str], tensors: Mapping[str, dict]) -> dict[str, Any]:
+    """A component's entry: its graph ``files[0]`` (:func:`file_entry`), the external data files after it, and its
+    ``tensors`` (``inputs`` and ``outputs``, name -> shape: :func:`expected_tensors`)."""
+    return {**file_entry(root, files[0]), "external_data": [file_entry(root, name) for name in files[1:]], **tensors}
+
+
+def creation_time() -> str:
+    """The ``created`` value of a manifest written now (UTC, to the second)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _file_name(value: Any, where: str) -> None:
+    """A file inside the model folder: a relative path without ``..``, backslashes or NUL."""
+    string(max_length=255)(value, where)
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise SchemaError(f"{where}: {shown(value)} is not a file name inside the model folder (expected a relative "
+                          "path without '..', e.g. \"scorer.onnx\")")
+
+
+def _threshold(check: Check) -> Any:
+    """A :class:`Thresholds` field, ``None`` unless calibrated, whose manifest value ``check`` accepts."""
+    return field(default=None, metadata={"check": check})
+
+
+_CLASS_RULE = obj({
+    "name": string(max_length=256),
+    **{name: number() for name in ("image", "image_min", "image_max")},
+    "centre": array(number(), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE),
+})
+
+
 @dataclass
 class Thresholds:
-    """Calibrated thresholds on the raw scores; ``min``/``max`` span the raw values for the normalised score."""
+    """Calibrated thresholds on the raw scores; ``min``/``max`` span the raw values for the normalised score. The
+    fields are the manifest's ``thresholds`` keys, each checked by its metadata's ``check``."""
 
-    image: float | None = None
-    pixel: float | None = None
-    image_min: float | None = None
-    image_max: float | None = None
-    pixel_min: float | None = None
-    pixel_max: float | None = None
-    method: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    classes: list[dict[str, Any]] | None = None  # per class: name, image, image_min, image_max, centre
-    class_scale: list[float] | None = None  # descriptor spread (runtime.class_thresholds.assign)
+    image: float | None = _threshold(nullable(number()))
+    pixel: float | None = _threshold(nullable(number()))
+    image_min: float | None = _threshold(nullable(number()))
+    image_max: float | None = _threshold(nullable(number()))
+    pixel_min: float | None = _threshold(nullable(number()))
+    pixel_max: float | None = _threshold(nullable(number()))
+    method: str | None = _threshold(nullable(string(max_length=64)))
+    details: dict[str, Any] = field(default_factory=dict, metadata={"check": mapping(anything)})
+    classes: list[dict[str, Any]] | None = _threshold(nullable(array(_CLASS_RULE, 1, 4096)))  # one rule per class
+    # the descriptors' spread (runtime.class_thresholds.assign)
+    class_scale: list[float] | None = _threshold(nullable(array(number(1e-12), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE)))
 
     @property
     def calibrated(self) -> bool:
@@ -159,6 +134,102 @@ class Thresholds:
         rule = next((c for c in self.classes or [] if c["name"] == class_name), None) if class_name else None
         source = rule if rule is not None else self.__dict__
         return source["image"], source["image_min"], source["image_max"]
+
+
+_FILE = {"file": _file_name, "bytes": integer(0, 1 << 50), "sha256": string(pattern="[0-9a-f]{64}")}
+_DIMENSION = either(string([BATCH_AXIS]), integer(1, 1 << 16), expected=f'"{BATCH_AXIS}" or an integer in [1, 65536]')
+_TENSORS = mapping(array(_DIMENSION, 1, 8), max_length=16)
+_SHAPE = array(integer(1, 4096), 3, 3)
+_ALPHAS = array(number(0, 1), 0, NUM_TRAIN_TIMESTEPS)  # empty: the VAE-only plan
+_COMPONENT = obj({**_FILE, "inputs": _TENSORS, "outputs": _TENSORS}, {"external_data": array(obj(_FILE), 0, 1024)})
+_ENGINE = obj(
+    {**_FILE, "tensorrt": string(max_length=64), "compute_capability": string(pattern=r"\d{1,3}\.\d{1,3}")},
+    {"profile": mapping(obj({k: array(integer(1, 1 << 16), 1, 8) for k in ("min", "opt", "max")}), max_length=16),
+     "optimization_level": integer(0, 5)},
+)
+_THRESHOLDS = obj({}, {f.name: f.metadata["check"] for f in fields(Thresholds)})
+_QUANTIZATION = obj(
+    {"method": string(max_length=256), "components": array(string(COMPONENTS), 1, len(COMPONENTS)),
+     "op_types": array(string(max_length=64), 1, 64)},
+    {"weights": string(max_length=64), "activations": string(max_length=64), "per_channel": boolean,
+     "reduce_range": boolean, "parity": mapping(number())},
+)
+_STATISTICS = obj(  # the scorer's normal statistics (training.models.normal_statistics), fitted for one plan
+    {"kind": string(["residual", "joint"]), "scope": string(["position", "shared"]), "channels": integer(1, 4096),
+     "plan": obj({"steps": integer(0, NUM_TRAIN_TIMESTEPS), "start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1)},
+                 {"draws": integer(1, MAX_DRAWS)})},
+    {"images": integer(1, 2**31), "data": string()},
+)
+_NOISE = obj({"policy": string([NOISE_POLICY]), "seed": integer(0, 2**63 - 1)},
+             {"generator": string(), "shape": _SHAPE, "draws": integer(1, MAX_DRAWS)},
+             defaults={"draws": 1})  # manifests from before several draws per image: one
+SCHEMA = obj(
+    {
+        "format": string([FORMAT]),
+        "version": integer(FORMAT_VERSION, FORMAT_VERSION),
+        "image_size": integer(8, 4096),
+        "latent_shape": _SHAPE,
+        "hint_shape": _SHAPE,
+        "precision": string(PRECISIONS),
+        "max_batch": integer(1, MAX_BATCH),
+        "schedule": obj(
+            {"start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1),  # 0 with no timesteps: the VAE-only plan
+             "timesteps": array(integer(0, NUM_TRAIN_TIMESTEPS - 1), 0, NUM_TRAIN_TIMESTEPS),
+             "alphas": _ALPHAS, "alphas_prev": _ALPHAS},
+            {"start_alpha": number(0, 1), "beta_schedule": string([BETA_SCHEDULE]), "beta_start": number(0, 1),
+             "beta_end": number(0, 1), "num_train_timesteps": integer(NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS),
+             "eta": number(0, 0)},
+        ),
+        "noise": _NOISE,
+        "components": obj({name: _COMPONENT for name in COMPONENTS}, {name: _COMPONENT for name in DRAW_COMPONENTS}),
+    },
+    {
+        "created": string(max_length=64),
+        "source": string(),
+        "preset": string(max_length=64),
+        "injection": string(max_length=64),
+        "normalization": obj({"mean": array(number(0, 1), 3, 3), "std": array(number(1e-6, 10), 3, 3),
+                              "resize": string(max_length=64)}),
+        "opset": integer(1, 1000),
+        "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
+                       "weights": nullable(string())}, {"statistics": _STATISTICS}),
+        "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENT_IO}),
+        "thresholds": _THRESHOLDS,
+        "versions": mapping(string(max_length=256), max_length=256),
+        "quantization": _QUANTIZATION,
+    },
+    defaults={"engines": {}, "thresholds": {}},
+)
+"""The manifest's schema: types, ranges, required keys, defaults; an unknown key is an error that names it."""
+
+
+def write_manifest(
+    root: Path, *, preset: str, image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int],
+    injection: str, precision: str, opset: int, max_batch: int, plan: DDIMPlan, noise_seed: int, draws: int,
+    backbone: str, layers: Sequence[int], weights: str | None, statistics: Mapping[str, Any] | None,
+    components: Mapping[str, dict], versions: Mapping[str, str], source: str = "",
+) -> Manifest:
+    """Write a new model folder's ``manifest.json`` into ``root`` (validated; no engines or thresholds yet) and
+    return it: ``export``'s values with the preprocessing, DDIM schedule and noise rule this runtime applies.
+    ``backbone`` / ``layers`` / ``weights`` / ``statistics``: the scorer's (statistics: its normal statistics, None
+    without); ``components``: per graph its :func:`component_entry`, in :data:`COMPONENT_IO`'s order."""
+    data = {
+        "format": FORMAT, "version": FORMAT_VERSION, "created": creation_time(), "source": source, "preset": preset,
+        "image_size": image_size, "latent_shape": list(latent_shape), "hint_shape": list(hint_shape),
+        "injection": injection,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": RESIZE},
+        "precision": precision, "opset": opset, "max_batch": max_batch,
+        "schedule": {"beta_schedule": BETA_SCHEDULE, "beta_start": BETA_START, "beta_end": BETA_END,
+                     "num_train_timesteps": NUM_TRAIN_TIMESTEPS, "eta": 0.0, **plan.to_dict()},
+        "noise": {"policy": NOISE_POLICY, "seed": noise_seed, "generator": NOISE_GENERATOR, "shape": list(latent_shape),
+                  "draws": draws},
+        "scorer": {"backbone": backbone, "layers": list(layers), "weights": weights,
+                   **({"statistics": dict(statistics)} if statistics is not None else {})},
+        "components": dict(components), "engines": {}, "thresholds": {}, "versions": dict(versions),
+    }
+    manifest = Manifest(root, data)
+    manifest.save()
+    return manifest
 
 
 @dataclass
@@ -253,7 +324,8 @@ class Manifest:
         components = self.data["components"]
         if name in DRAW_COMPONENTS and name not in components:
             raise ModelFolderError(f"{self.root / MANIFEST}: no {name} graph: the folder was exported before the noise "
-                                   f"draws stayed on the device; add it: python -m export.draw_graphs --model {self.root}")
+                                   "draws stayed on the device; add it: python -m export.draw_graphs --model "
+                                   f"{self.root}")
         if name not in components:
             raise ModelFolderError(f"{self.root / MANIFEST}: no component {name!r} (expected {COMPONENTS})")
         return components[name]
@@ -290,7 +362,7 @@ class Manifest:
     @property
     def draws(self) -> int:
         """Noise draws per image, their sample latents averaged (1 where the manifest predates the field)."""
-        return int(self.data["noise"].get("draws", 1))
+        return int(_NOISE.get(self.data["noise"], "draws"))
 
     @property
     def step_max_batch(self) -> int:
@@ -325,12 +397,12 @@ class Manifest:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(**self.data.get("thresholds") or {})
+        return Thresholds(**SCHEMA.get(self.data, "thresholds"))
 
     @property
     def engines(self) -> dict[str, list[dict[str, Any]]]:
         """Per component, its engines: one entry per (TensorRT version, compute capability)."""
-        return self.data.get("engines", {})
+        return SCHEMA.get(self.data, "engines")
 
     def engine(self, component: str, trt_version: str, capability: str) -> dict[str, Any] | None:
         """``component``'s engine entry for TensorRT ``trt_version`` on compute capability ``capability``."""
@@ -356,47 +428,6 @@ class Manifest:
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.data["thresholds"] = {k: v for k, v in thresholds.__dict__.items()}
         self.save()
-
-
-def tensor_shapes(
-    image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int], draws: int = 1
-) -> dict[str, list]:
-    """Per kind of tensor (:data:`COMPONENT_IO`), its shape with the batch axis written ``"B"`` (``draws``: the
-    noise draws per image, K)."""
-    return {
-        "image": [BATCH_AXIS, 3, image_size, image_size],
-        "latent": [BATCH_AXIS, *latent_shape],
-        "hint": [BATCH_AXIS, *hint_shape],
-        "map": [BATCH_AXIS, image_size, image_size],
-        "vector": [BATCH_AXIS],
-        "step": [BATCH_AXIS],
-        "draws": [BATCH_AXIS, draws, *latent_shape],
-        "hint_draws": [BATCH_AXIS, draws, *hint_shape],
-    }
-
-
-def expected_tensors(
-    image_size: int, latent_shape: Sequence[int], hint_shape: Sequence[int], draws: int = 1
-) -> dict[str, dict]:
-    """Per component (:data:`DRAW_COMPONENTS` too), the ``inputs`` and ``outputs`` (name -> shape, batch axis
-    ``"B"``) the runtime binds."""
-    shapes = tensor_shapes(image_size, latent_shape, hint_shape, draws)
-    return {
-        name: {side: {tensor: shapes[kind] for tensor, kind in getattr(io, side).items()}
-               for side in ("inputs", "outputs")}
-        for name, io in COMPONENT_IO.items()
-    }
-
-
-def schedule_inputs(plan: DDIMPlan) -> dict[str, np.ndarray]:
-    """``denoise_step``'s plan inputs (:data:`SCHEDULE_INPUTS`) for every step of ``plan``: name -> (steps,)."""
-    return dict(zip(SCHEDULE_INPUTS, (plan.timesteps, plan.alphas, plan.alphas_prev), strict=True))
-
-
-def noise_inputs(plan: DDIMPlan, batch: int) -> dict[str, np.ndarray]:
-    """``noise_latents``' plan inputs (:data:`NOISE_INPUTS`) for ``batch`` images: float32 ``(batch,)``, the
-    coefficients :func:`runtime.schedule.q_sample` uses (:attr:`DDIMPlan.noise_scales` rounded to float32)."""
-    return {name: np.full(batch, value, np.float32) for name, value in zip(NOISE_INPUTS, plan.noise_scales, strict=True)}
 
 
 def _check_plan(manifest: Manifest) -> None:
@@ -450,7 +481,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
     if "shape" in data["noise"] and data["noise"]["shape"] != data["latent_shape"]:
         raise SchemaError(f"noise.shape: expected latent_shape {data['latent_shape']}, got {data['noise']['shape']}")
     expected = expected_tensors(data["image_size"], data["latent_shape"], data["hint_shape"],
-                                data["noise"].get("draws", 1))
+                                _NOISE.get(data["noise"], "draws"))
     if any(name in data["components"] for name in DRAW_COMPONENTS) and not all(
             name in data["components"] for name in DRAW_COMPONENTS):
         raise SchemaError(f"components: {' and '.join(DRAW_COMPONENTS)} come together; add both with "
@@ -462,7 +493,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
             found = data["components"][name][kind]
             if found != tensors:
                 raise SchemaError(f"components.{name}.{kind}: expected {shown(tensors, 200)}, got {shown(found, 200)}")
-    for name, targets in data.get("engines", {}).items():
+    for name, targets in SCHEMA.get(data, "engines").items():
         for key, what in ((_target, "TensorRT version and compute capability"), (lambda e: e["file"], "file")):
             seen = [key(entry) for entry in targets]
             if len(set(seen)) < len(seen):
@@ -473,7 +504,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
     if (schedule["start_t"] == 0) != (not schedule["timesteps"]):
         raise SchemaError(f"schedule: start_t {shown(schedule['start_t'])} with {len(schedule['timesteps'])} DDIM "
                           "step(s); start_t is 0 exactly for the VAE-only plan (no timesteps)")
-    thresholds = data.get("thresholds") or {}
+    thresholds = SCHEMA.get(data, "thresholds")
     for kind in ("image", "pixel"):
         if thresholds.get(kind) is None:
             continue
@@ -493,89 +524,6 @@ def _check_consistency(data: dict[str, Any]) -> None:
         if not c["image_min"] < c["image_max"]:
             raise SchemaError(f"thresholds.classes[{k}] ({shown(c['name'])}): image_min {shown(c['image_min'])} and "
                               f"image_max {shown(c['image_max'])} give no normalisation span; recalibrate")
-
-
-def _file_name(value: Any, where: str) -> None:
-    """A file inside the model folder: a relative path without ``..``, backslashes or NUL."""
-    string(max_length=255)(value, where)
-    parts = value.split("/")
-    if not value or value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
-        raise SchemaError(f"{where}: {shown(value)} is not a file name inside the model folder (expected a relative "
-                          "path without '..', e.g. \"scorer.onnx\")")
-
-
-_FILE = {"file": _file_name, "bytes": integer(0, 1 << 50), "sha256": string(pattern="[0-9a-f]{64}")}
-_DIMENSION = either(string([BATCH_AXIS]), integer(1, 1 << 16), expected=f'"{BATCH_AXIS}" or an integer in [1, 65536]')
-_TENSORS = mapping(array(_DIMENSION, 1, 8), max_length=16)
-_SHAPE = array(integer(1, 4096), 3, 3)
-_ALPHAS = array(number(0, 1), 0, NUM_TRAIN_TIMESTEPS)  # empty: the VAE-only plan
-_COMPONENT = obj({**_FILE, "inputs": _TENSORS, "outputs": _TENSORS}, {"external_data": array(obj(_FILE), 0, 1024)})
-_ENGINE = obj(
-    {**_FILE, "tensorrt": string(max_length=64), "compute_capability": string(pattern=r"\d{1,3}\.\d{1,3}")},
-    {"profile": mapping(obj({k: array(integer(1, 1 << 16), 1, 8) for k in ("min", "opt", "max")}), max_length=16),
-     "optimization_level": integer(0, 5)},
-)
-_THRESHOLDS = obj({}, {
-    **{name: nullable(number()) for name in ("image", "pixel", "image_min", "image_max", "pixel_min", "pixel_max")},
-    "method": nullable(string(max_length=64)),
-    "details": mapping(anything),
-    "classes": nullable(array(obj({
-        "name": string(max_length=256),
-        **{name: number() for name in ("image", "image_min", "image_max")},
-        "centre": array(number(), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE),
-    }), 1, 4096)),
-    "class_scale": nullable(array(number(1e-12), DESCRIPTOR_SIZE, DESCRIPTOR_SIZE)),
-})
-_QUANTIZATION = obj(
-    {"method": string(max_length=256), "components": array(string(COMPONENTS), 1, len(COMPONENTS)),
-     "op_types": array(string(max_length=64), 1, 64)},
-    {"weights": string(max_length=64), "activations": string(max_length=64), "per_channel": boolean,
-     "reduce_range": boolean, "parity": mapping(number())},
-)
-_STATISTICS = obj(  # the scorer's normal statistics (training.models.normal_statistics), fitted for one plan
-    {"kind": string(["residual", "joint"]), "scope": string(["position", "shared"]), "channels": integer(1, 4096),
-     "plan": obj({"steps": integer(0, NUM_TRAIN_TIMESTEPS), "start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1)},
-                 {"draws": integer(1, MAX_DRAWS)})},
-    {"images": integer(1, 2**31), "data": string()},
-)
-SCHEMA = obj(
-    {
-        "format": string([FORMAT]),
-        "version": integer(FORMAT_VERSION, FORMAT_VERSION),
-        "image_size": integer(8, 4096),
-        "latent_shape": _SHAPE,
-        "hint_shape": _SHAPE,
-        "precision": string(PRECISIONS),
-        "max_batch": integer(1, MAX_BATCH),
-        "schedule": obj(
-            {"start_t": integer(0, NUM_TRAIN_TIMESTEPS - 1),  # 0 with no timesteps: the VAE-only plan
-             "timesteps": array(integer(0, NUM_TRAIN_TIMESTEPS - 1), 0, NUM_TRAIN_TIMESTEPS),
-             "alphas": _ALPHAS, "alphas_prev": _ALPHAS},
-            {"start_alpha": number(0, 1), "beta_schedule": string(["scaled_linear"]), "beta_start": number(0, 1),
-             "beta_end": number(0, 1), "num_train_timesteps": integer(NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS),
-             "eta": number(0, 0)},
-        ),
-        "noise": obj({"policy": string(["fixed"]), "seed": integer(0, 2**63 - 1)},
-                     {"generator": string(), "shape": _SHAPE, "draws": integer(1, MAX_DRAWS)}),
-        "components": obj({name: _COMPONENT for name in COMPONENTS}, {name: _COMPONENT for name in DRAW_COMPONENTS}),
-    },
-    {
-        "created": string(max_length=64),
-        "source": string(),
-        "preset": string(max_length=64),
-        "injection": string(max_length=64),
-        "normalization": obj({"mean": array(number(0, 1), 3, 3), "std": array(number(1e-6, 10), 3, 3),
-                              "resize": string(max_length=64)}),
-        "opset": integer(1, 1000),
-        "scorer": obj({"backbone": string(max_length=256), "layers": array(integer(0, 64), 1, 16),
-                       "weights": nullable(string())}, {"statistics": _STATISTICS}),
-        "engines": obj({}, {name: array(_ENGINE, 1, MAX_ENGINE_TARGETS) for name in COMPONENT_IO}),
-        "thresholds": _THRESHOLDS,
-        "versions": mapping(string(max_length=256), max_length=256),
-        "quantization": _QUANTIZATION,
-    },
-)
-"""The manifest's schema: types, ranges, required keys; an unknown key is an error that names it."""
 
 
 def _json_default(value: Any) -> Any:

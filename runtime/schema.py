@@ -1,12 +1,14 @@
 """Declarative checks of parsed JSON: each check is ``check(value, where)`` and raises :class:`SchemaError` naming
-where the bad value is (``components.scorer.bytes``) and what was expected. :mod:`runtime.manifest` builds the
-model folder's schema from them."""
+where the bad value is (``components.scorer.bytes``) and what was expected; a :class:`Record` also gives the default
+of an absent key. :mod:`runtime.manifest` builds the model folder's schema from them."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Check = Callable[[Any, str], None]
@@ -112,25 +114,53 @@ def array(item: Check, min_length: int = 0, max_length: int = 1 << 16) -> Check:
     return check
 
 
-def obj(required: Mapping[str, Check], optional: Mapping[str, Check] | None = None) -> Check:
-    """An object with every key of ``required``, any of ``optional`` and no other key."""
-    optional = optional or {}
-    known = {**required, **optional}
+@dataclass(frozen=True)
+class Field:
+    """One key of a JSON object: the check of its value, whether it must be present, and the value readers take
+    where an optional key is absent."""
 
-    def check(value: Any, where: str) -> None:
+    check: Check
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A JSON object of known keys (name -> :class:`Field`, checked in this order). As a check: every required key
+    present, no other key, each value checked by its field."""
+
+    fields: Mapping[str, Field]
+
+    def __call__(self, value: Any, where: str) -> None:
         if not isinstance(value, dict):
-            raise _fail(where, f"an object with keys {sorted(known)}", value)
-        missing = [k for k in required if k not in value]
+            raise _fail(where, f"an object with keys {sorted(self.fields)}", value)
+        missing = [k for k, f in self.fields.items() if f.required and k not in value]
         if missing:
             raise SchemaError(f"{_at(where)}missing key(s) {missing}")
-        unknown = sorted(k for k in value if k not in known)
+        unknown = sorted(k for k in value if k not in self.fields)
         if unknown:
-            raise SchemaError(f"{_at(where)}unknown key(s) {unknown} (expected some of {sorted(known)})")
-        for key, inner in known.items():
+            raise SchemaError(f"{_at(where)}unknown key(s) {unknown} (expected some of {sorted(self.fields)})")
+        for key, field in self.fields.items():
             if key in value:
-                inner(value[key], f"{where}.{key}" if where else key)
+                field.check(value[key], f"{where}.{key}" if where else key)
 
-    return check
+    def get(self, value: Mapping[str, Any], key: str) -> Any:
+        """``value[key]``, or a copy of the field's default where ``value`` lacks the key."""
+        return value[key] if key in value else copy.deepcopy(self.fields[key].default)
+
+
+def obj(
+    required: Mapping[str, Check],
+    optional: Mapping[str, Check] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Record:
+    """An object with every key of ``required``, any of ``optional`` and no other key; readers take ``defaults``
+    (default ``None``) for absent optional keys."""
+    defaults = defaults or {}
+    if not set(defaults) <= set(optional or {}):
+        raise ValueError(f"defaults {sorted(defaults)}: only optional keys take a default")
+    return Record({**{key: Field(check) for key, check in required.items()},
+                   **{key: Field(check, False, defaults.get(key)) for key, check in (optional or {}).items()}})
 
 
 def mapping(values: Check, keys: Check | None = None, max_length: int = 1 << 16) -> Check:

@@ -34,10 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.cli import add_backend_arguments, run_cli
+from runtime.defaults import DEFAULT_MODEL, DEFAULT_SERVED_NAME
 from runtime.detector import model_summary, runnable_plan
 from runtime.errors import ServerError
 from runtime.limits import Limits
 from runtime.manifest import Manifest
+from runtime.model_folder import require_model_folder
 from runtime.serving.environment import (
     backend_directory,
     check_interpreter,
@@ -46,7 +48,6 @@ from runtime.serving.environment import (
     server_environment,
 )
 from runtime.serving.repository import ServedModel, manifest_version, write_repository
-from runtime.stream import DEFAULT_MODEL, require_model_folder
 
 log = logging.getLogger("runtime.serve")
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int,
                         help="DDIM steps (default: the model folder's; 0: VAE-only plan (no diffusion))")
     parser.add_argument("--start-t", type=int, help="noising timestep (default: the model folder's)")
-    parser.add_argument("--name", default="diad", help="the model's name on the server (default diad)")
+    parser.add_argument("--name", default=DEFAULT_SERVED_NAME,
+                        help=f"the model's name on the server (default {DEFAULT_SERVED_NAME})")
     parser.add_argument("--max-batch", type=int, help="largest batch Triton forms (default: the model folder's)")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000,
                         help="how long a request may wait for its batch to fill, in microseconds (default 2000)")

@@ -21,6 +21,7 @@ VIDEO_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 VERDICT_COLOURS = {"good": (0, 200, 0), "ok": (0, 200, 0), "anomaly": (255, 40, 40), "defect": (255, 40, 40)}
 OTHER_COLOUR = (255, 200, 0)  # errors and unknown verdicts
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc
+VIDEO_FPS = 10.0  # frame rate of a saved video without --max-fps
 _DIGITS = 6  # significant digits of floats in JSON lines
 
 
@@ -154,7 +155,7 @@ class WindowSink(FrameSink):
             pass
 
 
-def open_frame_sink(path: str | Path, fps: float = 10.0) -> FrameSink:
+def open_frame_sink(path: str | Path, fps: float = VIDEO_FPS) -> FrameSink:
     """A :class:`VideoSink` for a video extension (.mp4, .avi, .mkv, .mov), otherwise a :class:`FolderSink`."""
     if Path(path).suffix.lower() in VIDEO_FOURCC:
         return VideoSink(path, fps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from runtime.files import GOOD
-from runtime.sources import Frame, Source
+from runtime.frames import Frame, Source
 from runtime.synthetic import conveyor
 
 

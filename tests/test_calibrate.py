@@ -18,14 +18,14 @@ from runtime import Detector
 from runtime.calibrate import (
     CalibrationWarning,
     LabelledImage,
-    _NoProgress,
-    _progress,
+    NoProgress,
     calibrate,
     f1_threshold,
     fpr_threshold,
     list_images,
     list_validation,
     main,
+    progress_bar,
     rejects,
 )
 from runtime.cli import run_cli
@@ -129,11 +129,11 @@ def test_f1_rule_is_the_best_highest_threshold():
 
 
 def test_progress_falls_back_without_tqdm(monkeypatch):
-    assert type(_progress(2, "x", enabled=True)).__name__ == "tqdm"
-    assert isinstance(_progress(2, "x", enabled=False), _NoProgress)
+    assert type(progress_bar(2, "x", enabled=True)).__name__ == "tqdm"
+    assert isinstance(progress_bar(2, "x", enabled=False), NoProgress)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
-    bar = _progress(2, "x", enabled=True)
-    assert isinstance(bar, _NoProgress)
+    bar = progress_bar(2, "x", enabled=True)
+    assert isinstance(bar, NoProgress)
     bar.update(2)
     bar.close()
 

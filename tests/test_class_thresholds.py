@@ -17,8 +17,8 @@ from runtime.detector import Prediction
 from runtime.errors import DatasetLayoutError, ModelFolderError
 from runtime.manifest import MANIFEST, Manifest, Thresholds
 from runtime.preprocess import read_image
+from runtime.records import GroundTruth
 from runtime.sources import Frame
-from runtime.stream import _Truth
 
 CLASSES = {"dark": 40, "bright": 200}  # mean grey level of each class's images
 
@@ -144,7 +144,7 @@ def test_the_streams_auroc_ranks_margins_over_each_frames_own_threshold():
     thresholds = Thresholds(image=0.3, pixel=0.5, image_min=0.0, image_max=1.0, pixel_min=0.0, pixel_max=1.0,
                             classes=[{"name": "a", "image": 0.5, **rule}, {"name": "b", "image": 0.1, **rule}],
                             class_scale=[1.0] * DESCRIPTOR_SIZE)
-    truth, raw = _Truth(thresholds), _Truth(Thresholds())
+    truth, raw = GroundTruth(thresholds), GroundTruth(Thresholds())
     for score, label, name in ((0.45, 0, "a"), (0.55, 1, "a"), (0.05, 0, "b"), (0.15, 1, "b")):
         frame = Frame(0, 0.0, "test", np.zeros((2, 2, 3), np.uint8), label=label)
         rule_ = thresholds.image_rule(name)

@@ -19,6 +19,7 @@ import pytest
 from helpers.model_folder import make_folder
 from prometheus_client.parser import text_string_to_metric_families
 
+from runtime.annotation import frame_picture
 from runtime.dashboard import TOKEN_ENV, Dashboard, DashboardError, dashboard_address
 from runtime.dashboard.drift import MIN_FRAMES, DriftWindow
 from runtime.dashboard.live import THUMB_WIDTH
@@ -26,8 +27,9 @@ from runtime.dashboard.server import COOKIE, MAX_HEAD_BYTES
 from runtime.dashboard.state import REJECTS, DashboardState, error_kind
 from runtime.detector import Prediction
 from runtime.manifest import Thresholds
+from runtime.records import error_record, prediction_record
 from runtime.sources import Frame, open_source
-from runtime.stream import error_record, frame_picture, main, prediction_record
+from runtime.stream import main
 
 THRESHOLDS = Thresholds(image=0.5, pixel=0.5, image_min=0.1, image_max=0.7, pixel_min=0.0, pixel_max=1.0)
 MODEL = {"manifest_sha256": "ab" * 32, "plan": "DDIM 2 steps from t=24", "backend": "onnxruntime"}

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.live import MjpegCamera, StreamProcess, chromium
 from runtime import Detector
+from runtime.annotation import annotated, display_size
 from runtime.manifest import MANIFEST, sha256
 from runtime.sources import open_source
-from runtime.stream import annotated, display_size
 
 TOKEN = "line-7-secret"
 SEED = 3

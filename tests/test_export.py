@@ -14,7 +14,8 @@ from export.parity import TOLERANCE, ParityError, check_parity, format_parity, p
 from runtime import Detector
 from runtime.cli import run_cli
 from runtime.errors import CheckpointError, ModelFolderError
-from runtime.manifest import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, Manifest
+from runtime.component_io import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS
+from runtime.manifest import Manifest
 from runtime.metrics import auroc
 from runtime.preprocess import preprocess, read_image
 from runtime.schedule import ddim_plan

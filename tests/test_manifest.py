@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import fields
 
 import numpy as np
 import pytest
-from helpers.model_folder import LATENT, make_folder
+from helpers.model_folder import LATENT, S, make_folder
 
 from runtime import Detector
+from runtime.class_thresholds import DESCRIPTOR_SIZE
 from runtime.cli import run_cli
 from runtime.errors import ModelFolderError
-from runtime.manifest import (
+from runtime.component_io import (
     COMPONENT_IO,
     COMPONENTS,
     DRAW_COMPONENTS,
-    MANIFEST,
     NOISE_INPUTS,
     SCHEDULE_INPUTS,
-    Manifest,
     expected_tensors,
-    file_entry,
     noise_inputs,
     schedule_inputs,
 )
+from runtime.manifest import MANIFEST, SCHEMA, Manifest, Thresholds, file_entry, write_manifest
 from runtime.schedule import ddim_plan, q_sample
+from runtime.schema import integer, obj, string
 from runtime.stream import main as stream_main
 
 
@@ -258,3 +259,51 @@ def test_a_vae_only_manifest_validates_round_trips_and_switches_back_to_ddim(tmp
     assert (manifest.root / MANIFEST).read_text() == text
     with Detector(manifest.root) as detector:
         assert detector.plan.vae_only and detector.summary["steps"] == 0
+
+
+def test_the_writer_writes_every_field_the_reader_reads(tmp_path):
+    """export's writer and the reader share one schema: every field but the ones other commands add is written,
+    validated, and read back as given."""
+    folder = make_folder(tmp_path / "model", draws=2)
+    plan = ddim_plan(3, 399)
+    statistics = {"kind": "joint", "scope": "shared", "channels": 8, "plan": {"steps": 3, "start_t": 399, "draws": 2},
+                  "images": 8, "data": "images"}
+    write_manifest(folder.root, preset="tiny", image_size=S, latent_shape=LATENT, hint_shape=LATENT, injection="all",
+                   precision="fp16", opset=17, max_batch=3, plan=plan, noise_seed=7, draws=2, backbone="resnet18",
+                   layers=(1, 2), weights=None, statistics=statistics, components=folder.data["components"],
+                   versions={"onnx": "1.17"}, source="run")
+    manifest = Manifest.load(folder.root)
+    data = manifest.data
+    assert set(data) == set(SCHEMA.fields) - {"quantization"}  # added by export.quantize
+    for key in ("schedule", "noise", "normalization", "scorer"):
+        assert set(data[key]) == set(SCHEMA.fields[key].check.fields), key
+    assert (manifest.image_size, manifest.latent_shape, manifest.hint_shape, manifest.precision, manifest.max_batch,
+            manifest.noise_seed, manifest.draws) == (S, LATENT, LATENT, "fp16", 3, 7, 2)
+    assert manifest.plan().timesteps.tolist() == plan.timesteps.tolist() and manifest.components == tuple(COMPONENT_IO)
+    assert data["scorer"] == {"backbone": "resnet18", "layers": [1, 2], "weights": None, "statistics": statistics}
+    assert manifest.engines == {} and not manifest.thresholds.calibrated
+    rules = [{"name": "nut", "image": 1.0, "image_min": 0.0, "image_max": 2.0, "centre": [0.5] * DESCRIPTOR_SIZE}]
+    thresholds = Thresholds(1.0, 0.5, 0.0, 2.0, 0.0, 1.0, "f1", {"images": 4}, rules, [1.0] * DESCRIPTOR_SIZE)
+    assert all(getattr(thresholds, f.name) is not None for f in fields(Thresholds))  # every field of the record
+    manifest.set_thresholds(thresholds)
+    assert Manifest.load(folder.root).thresholds == thresholds
+
+
+def test_absent_optional_fields_read_as_the_schemas_defaults(folder):
+    """Manifests from before a field existed load as they did: one noise draw, no engines, no thresholds."""
+    _edit(folder, _delete("noise", "draws"))
+    _edit(folder, _delete("engines"))
+    manifest = Manifest.load(folder)
+    assert "thresholds" not in manifest.data and not manifest.thresholds.calibrated
+    assert manifest.draws == 1 and manifest.engines == {}
+    manifest.engines["scorer"] = []  # a copy of the default, not the schema's own
+    assert SCHEMA.get({}, "engines") == {}
+
+
+def test_only_optional_keys_take_a_default():
+    record = obj({"size": integer(1, 8)}, {"name": string()}, defaults={"name": "nut"})
+    record({"size": 2}, "")
+    assert record.get({"size": 2}, "name") == "nut" and record.get({"size": 2, "name": "a"}, "name") == "a"
+    assert record.get({"size": 2}, "size") == 2
+    with pytest.raises(ValueError, match="only optional keys take a default"):
+        obj({"size": integer(1, 8)}, defaults={"size": 1})

@@ -120,7 +120,7 @@ def test_session_settings_reach_onnx_runtime_and_keep_the_results(tmp_path):
     other = _scores(OnnxRuntimeBackend(folder, settings=settings))
     np.testing.assert_allclose(other.score, default.score, rtol=1e-6)
     np.testing.assert_allclose(other.anomaly_map, default.anomaly_map, rtol=1e-6, atol=1e-7)
-    assert len(default.step_seconds) == folder.steps and sum(default.step_seconds) == default.seconds["steps"]
+    assert len(default.step_seconds) == folder.steps and 0 < sum(default.step_seconds) <= default.seconds["steps"]
 
 
 def test_optimized_cache_is_written_once_and_opened_without_optimising_again(tmp_path, monkeypatch):
@@ -165,13 +165,13 @@ def _vae_by_hand(manifest, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 def test_the_vae_only_plan_decodes_the_clean_latent_and_runs_no_diffusion(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "model", draws=2)
     ran: list[str] = []
-    real = OnnxRuntimeBackend._run
+    real = OnnxRuntimeBackend.run_component
 
     def counting(self, name, inputs, outputs):
         ran.append(name)
         return real(self, name, inputs, outputs)
 
-    monkeypatch.setattr(OnnxRuntimeBackend, "_run", counting)
+    monkeypatch.setattr(OnnxRuntimeBackend, "run_component", counting)
     frames = [np.random.default_rng(k).integers(0, 256, (12, 10, 3), np.uint8) for k in range(3)]
     with Detector(folder.root, steps=0) as detector:
         batch = detector.preprocess(frames)

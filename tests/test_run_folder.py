@@ -4,6 +4,7 @@ import torch
 
 from runtime.errors import CheckpointError
 from training.run_folder import RunFolder, TrainingState, load_state, save_state
+from training.models.presets import get_preset
 
 
 def _trained_model_and_optimizer():
@@ -58,3 +59,16 @@ def test_config_and_logs(tmp_path):
     run.append_log("train", {"step": 1, "loss": 0.5})
     run.append_log("train", {"step": 2, "loss": 0.25})
     assert (tmp_path / "logs" / "train.csv").read_text().splitlines() == ["step,loss", "1,0.5", "2,0.25"]
+
+
+def test_a_new_run_takes_the_image_size_and_an_existing_run_keeps_its_own(tmp_path):
+    run = RunFolder(tmp_path / "run").create()
+    model, _ = run.config_or_preset("tiny", 256)
+    assert (model.image_size, model.unet.sample_size) == (256, 32)
+    assert run.config_or_preset("tiny")[0].image_size == get_preset("tiny").image_size
+    with pytest.raises(CheckpointError, match="multiple of 8"):
+        run.config_or_preset("tiny", 100)
+    run.write_config({"model": model.to_dict()})
+    assert run.config_or_preset("tiny")[0].image_size == 256
+    with pytest.raises(CheckpointError, match="this run is at 256 px, not --image-size 128"):
+        run.config_or_preset("tiny", 128)

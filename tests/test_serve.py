@@ -31,7 +31,7 @@ from runtime.serving.client import RemoteDetector, grpc_address
 from runtime.serving.repository import VERSION_DIGITS
 from runtime.sources import open_source
 from runtime.stream import main as stream_main
-from runtime.stream import stream
+from runtime.stream_run import stream
 from helpers.model_folder import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]

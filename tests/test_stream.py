@@ -22,12 +22,15 @@ import pytest
 from helpers.model_folder import make_folder
 
 from runtime import Detector
+from runtime.annotation import display_size
 from runtime.cli import run_cli
 from runtime.manifest import Manifest, Thresholds
+from runtime.records import summary_text
 from runtime.sinks import PARTS
 from runtime.sources import Source, open_source
-from runtime.stream import display_size, main, stop_on_signals, stream
+from runtime.stream import main, stop_on_signals
 from runtime.stream import log as stream_log
+from runtime.stream_run import stream
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"preprocess", "encode", "steps", "decode", "score"}
@@ -90,8 +93,8 @@ def test_the_vae_only_plan_streams_the_synthetic_feed(tiny, tmp_path, capsys, mo
     from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     ran: list[str] = []
-    real = OnnxRuntimeBackend._run
-    monkeypatch.setattr(OnnxRuntimeBackend, "_run", lambda self, name, *io: ran.append(name) or real(self, name, *io))
+    real = OnnxRuntimeBackend.run_component
+    monkeypatch.setattr(OnnxRuntimeBackend, "run_component", lambda self, name, *io: ran.append(name) or real(self, name, *io))
     out = tmp_path / "out.jsonl"
     assert main(["--model", str(tiny), "--steps", "0", "--frames", "4", "--jsonl", str(out)]) == 0
     records = _lines(out.read_text())
@@ -446,7 +449,7 @@ def test_whatever_a_frame_does_it_gives_one_line_and_the_run_goes_on(tiny_detect
 
     shown = {5: tiny_detector.predict(images[5]).score}
     monkeypatch.setattr(tiny_detector, "prepare", flaky_prepare)
-    monkeypatch.setattr("runtime.stream.annotated", flaky_annotated)
+    monkeypatch.setattr("runtime.annotation.annotated", flaky_annotated)
 
     class Pictures:
         def __init__(self) -> None:
@@ -509,8 +512,6 @@ def test_a_failing_model_or_output_stops_the_run_with_a_summary(tiny, tiny_detec
 
 
 def test_the_summary_names_the_scorer_and_its_normal_statistics():
-    from runtime.stream import summary_text
-
     model = {"preset": "tiny", "steps": 2, "start_t": 24, "draws": 2,
              "scorer": {"backbone": "tf_efficientnet_lite0", "layers": [1, 2, 3], "weights": "w.pth"}}
     summary = {"frames": 3, "errors": 0, "dropped": 0, "elapsed_s": 1.0, "fps": 3.0, "p50_ms": None,

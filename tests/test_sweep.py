@@ -13,10 +13,10 @@ from helpers import fake_tensorrt
 from helpers.model_folder import make_folder
 
 from benchmarks.sweep import Row, main, open_backends, pareto_front, sweep_plans, torch_model
-from benchmarks.torch_pipeline import TorchBackend
+from benchmarks.torch_pipeline import PipelineStages, TorchBackend
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.schedule import ddim_plan
-from training.models.diad import DiAD
+from training.models.diad import DiAD, ModelStages
 
 pytestmark = pytest.mark.filterwarnings("ignore:scorer. no weights:UserWarning")
 
@@ -159,7 +159,8 @@ def test_the_torch_loop_makes_no_tensor_from_python_numbers(tiny_run, monkeypatc
         expected = x
         for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
             expected = DiAD.ddim_step(expected, backend.model.denoise(expected, int(t), hint), float(a), float(p))
-        steps = backend._step_tensors(plan)
+        stages = PipelineStages(backend, np.zeros((1, *x.shape[1:]), np.float32))
+        backend.step_tensors(plan)  # made once per plan, before any capture
         made = []
 
         def spy(name: str):
@@ -174,7 +175,7 @@ def test_the_torch_loop_makes_no_tensor_from_python_numbers(tiny_run, monkeypatc
 
         for name in ("tensor", "as_tensor", "scalar_tensor"):
             monkeypatch.setattr(torch, name, spy(name))
-        out = backend._loop(x, hint, steps)
+        out = ModelStages.loop(stages, x, hint, plan)  # the loop a CUDA graph captures
         monkeypatch.undo()
     assert made == []
     torch.testing.assert_close(out, expected)

@@ -1,5 +1,5 @@
-"""runtime.synthetic, training.synthetic_parts and python -m training.synthetic: exact defect masks, determinism,
-layout, safe overwrite."""
+"""runtime.synthetic, training.synthetic_parts (both drawn with runtime.scenes) and python -m training.synthetic:
+exact defect masks, determinism, layout, safe overwrite."""
 
 import json
 import math
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import synthetic
+from runtime import scenes, synthetic
 from runtime.datasets.mvtec import load as load_mvtec_folders
 from runtime.errors import DatasetLayoutError
 from runtime.preprocess import read_image, read_mask
@@ -210,8 +210,8 @@ def test_parts_defects_change_exactly_the_masked_pixels(class_name):
 
             # before lighting, noise and rounding the rule is exact: every masked pixel moves by VISIBLE or more
             rng = np.random.default_rng(seed)
-            scene = parts._SCENES[class_name](rng, 128)
-            defective, exact = synthetic._add_defect(rng, scene, parts._DEFECT_MAKERS[defect])
+            scene = parts.SCENES[class_name](rng, 128)
+            defective, exact = scenes.add_defect(rng, scene, parts.DEFECT_MAKERS[defect])
             change = np.abs(defective - scene.image).max(axis=2)
             assert not change[~exact].any() and change[exact].min() >= parts.VISIBLE - 1e-6
 

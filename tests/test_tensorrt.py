@@ -30,7 +30,8 @@ from runtime.backends import tensorrt as backend_trt
 from runtime.backends import tensorrt_env as trt_env
 from runtime.cli import run_cli
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, MANIFEST, Manifest, expected_tensors, file_entry
+from runtime.component_io import COMPONENT_IO, COMPONENTS, DRAW_COMPONENTS, expected_tensors
+from runtime.manifest import MANIFEST, Manifest, file_entry
 from runtime.schedule import ddim_plan, q_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -657,7 +658,7 @@ def test_detector_stream_and_calibration_use_both_slots(fake, engines, tmp_path)
     from runtime import Detector
     from runtime.calibrate import LabelledImage, score_images
     from runtime.sources import open_source
-    from runtime.stream import stream
+    from runtime.stream_run import stream
 
     _, cudart = fake
     frames = [np.full((16, 16, 3), 30 * k, np.uint8) for k in range(5)]

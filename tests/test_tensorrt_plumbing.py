@@ -14,7 +14,7 @@ import torch
 from helpers import fake_tensorrt
 
 from benchmarks import tensorrt_plumbing as plumbing
-from runtime.manifest import COMPONENT_IO
+from runtime.component_io import COMPONENT_IO
 from runtime.schedule import ddim_plan
 
 

@@ -31,8 +31,7 @@ import json
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +48,7 @@ from runtime.files import GOOD
 from runtime.metrics import COLUMNS, json_safe, per_class, to_markdown
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from runtime.schedule import ddim_plan
+from runtime.sequence import WallClock
 from runtime.visualize import grid, heatmap, label, overlay, write_rgb
 from training.data import AnomalyDataset, Sample, load_index
 from training.models.backbones import RANDOM
@@ -150,45 +150,6 @@ class EvaluationResult:
         } if good.any() else {}
 
 
-class StageClock:
-    """Seconds per named stage, summed over calls; CUDA work is synchronised at each stage boundary."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds[name] += time.perf_counter() - start
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.stage(name):
-                return fn(*args, **kwargs)
-
-        return timed
-
-
-@contextmanager
-def timed_vae(model: DiAD, clock: StageClock) -> Iterator[None]:
-    """Time ``vae.encode_mean`` and ``vae.decode`` as stages ``encode`` / ``decode`` while inside."""
-    vae = model.vae
-    vae.encode_mean = clock.wrap("encode", vae.encode_mean)
-    vae.decode = clock.wrap("decode", vae.decode)
-    try:
-        yield
-    finally:
-        del vae.encode_mean, vae.decode  # back to the class's methods
-
-
 def set_injection(model: DiAD, injection: str) -> None:
     """Choose which SG residuals reach the UNet. The SG network reads this at every forward and holds the
     weights of every zero conv either way, so a built (and loaded) model can be switched in place."""
@@ -247,8 +208,8 @@ def evaluate(
     (:func:`set_injection`). ``statistics``: per method, the normal statistics the scorer measures it against
     (default: ``1 - cos``).
     ``pictures``: indices whose input and reconstructions are kept for display (nothing else is kept but maps).
-    ``seconds_per_image``: ``encode``, ``steps`` (noising, hint and DDIM loop), ``decode`` and ``score`` of the
-    diffusion pipeline, their sum ``diad``, the baseline's extra ``vae_decode`` and ``vae_score``, and ``wall``
+    ``seconds_per_image``: ``encode`` (latent, hint and noising), ``steps`` (DDIM loop and mean over draws),
+    ``decode`` and ``score`` of the diffusion pipeline, their sum ``diad``, the baseline's extra ``vae_decode`` and ``vae_score``, and ``wall``
     (the whole loop, data loading and the first batch's warm-up included).
     """
     if not samples:
@@ -264,7 +225,7 @@ def evaluate(
     masks = np.empty((n, size, size), np.uint8)
     kept: dict[int, dict[str, np.ndarray]] = {}
     wanted = set(pictures)
-    clock = StageClock(device)
+    clock = WallClock(lambda: torch.cuda.synchronize(device) if device.type == "cuda" else None)
     loader = DataLoader(AnomalyDataset(samples, size), batch_size=batch_size, shuffle=False, num_workers=workers)
     model.eval()
     start = time.perf_counter()
@@ -272,10 +233,8 @@ def evaluate(
     with torch.inference_mode(), tqdm(total=n, desc="evaluate", unit="img", disable=not progress) as bar:
         for batch in loader:
             image = batch["image"].to(device)
-            with clock.stage("reconstruct"), timed_vae(model, clock):
-                out = model.reconstruct(
-                    image, settings.steps, settings.start_t, decode_vae_reconstruction=False, draws=settings.draws
-                )
+            out = model.reconstruct(image, settings.steps, settings.start_t, decode_vae_reconstruction=False,
+                                    draws=settings.draws, clock=clock)  # encode, steps, decode
             with clock.stage("vae_decode"):
                 recons = {"diad": out["reconstruction"], "vae": model.vae.decode(out["latent"])}
             for method, recon in recons.items():
@@ -296,7 +255,7 @@ def evaluate(
     total = clock.seconds
     seconds = {
         "encode": total["encode"],
-        "steps": total["reconstruct"] - total["encode"] - total["decode"],
+        "steps": total["steps"],
         "decode": total["decode"],
         "score": total["score"],
     }

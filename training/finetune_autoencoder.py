@@ -138,7 +138,7 @@ class AutoencoderTraining(TrainingLoop):
 
 def finetune(args: argparse.Namespace) -> None:
     run = RunFolder(args.out)
-    model_config, config = run.config_or_preset(args.preset)
+    model_config, config = run.config_or_preset(args.preset, args.image_size)
     recipe = get_recipe(model_config.name).autoencoder
     cfg = AutoencoderTrainConfig(
         lr=args.lr or recipe.lr,

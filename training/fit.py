@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training minutes, autoencoder then DiAD (default {DEFAULT_MINUTES:g})")
     p.add_argument("--run", metavar="RUN",  help="run folder: checkpoints, split.json, evaluation (default runs/<name of --out>)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default tiny)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="image side (default: the preset's, tiny 128)")
     p.add_argument("--classes", metavar="A,B",  help="comma-separated classes to train on (default: all)")
     p.add_argument("--calibration-fraction", type=float, metavar="F",  default=DEFAULT_CALIBRATION_FRACTION,
                    help="share of each class's normal training images held out for calibration, never trained on "
@@ -192,13 +193,13 @@ def train_stages(args: argparse.Namespace, stages: Stages) -> None:
     """Stages 2 and 3: the autoencoder, then DiAD, each resumed from its checkpoint when one is there."""
     data = str(args.run / SPLIT_FILE)
     common = ["--preset", args.preset, "--data", data, "--out", str(args.run), "--device", args.device,
-              "--seed", str(args.seed)]
+              "--seed", str(args.seed)] + (["--image-size", str(args.image_size)] if args.image_size else [])
     parts = (("autoencoder", AUTOENCODER_SHARE, AUTOENCODER_CHECKPOINT, finetune_autoencoder.parse_args,
               finetune_autoencoder.finetune),
              ("train", 1 - AUTOENCODER_SHARE, DIAD_CHECKPOINT, train.parse_args, train.train))
     for stage, share, checkpoint, parse, run_stage in parts:
-        settings = {"data": data, "preset": args.preset, "minutes": round(args.minutes * share, 4),
-                    "max_steps": getattr(args, f"max_steps_{stage}")}
+        settings = {"data": data, "preset": args.preset, "image_size": args.image_size,
+                    "minutes": round(args.minutes * share, 4), "max_steps": getattr(args, f"max_steps_{stage}")}
         resume = (args.run / "checkpoints" / checkpoint).is_file()
         name = "autoencoder" if stage == "autoencoder" else "DiAD"
         stages.begin(name, f"{name}: {settings['minutes']:g} min of "

@@ -47,6 +47,8 @@ def run_parser(description: str, out_help: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--init", choices=INITS, default=None, help="a new run's start (default: base where one ships)")
     p.add_argument("--classes", default=None, help="comma-separated class filter (default: all classes)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="image side of a new run (default: the preset's; recorded in config.json)")
     return p
 
 
@@ -275,7 +277,8 @@ class TrainingLoop(ABC):
         save_state(self.checkpoint_path, TrainingState({**self.weights(), **rng}, optimizer.state_dict(), meta))
 
     def resume(self) -> None:
-        """Continue from the checkpoint: weights, optimiser state, generators, step, time and data position."""
+        """Continue from the checkpoint: weights, optimiser state, generators, step, time and data position; the
+        log loses the rows after the checkpoint's step."""
         if not self.checkpoint_path.is_file():
             raise CheckpointError(f"{self.checkpoint_path}: nothing to resume")
         state = load_state(self.checkpoint_path)
@@ -290,6 +293,8 @@ class TrainingLoop(ABC):
         self.step, self.elapsed = int(state.meta.pop("step")), float(state.meta.pop("elapsed"))
         self.position = int(state.meta.pop("position", 0))
         self.meta.update(state.meta)
+        if self.rank == 0:  # the steps logged after the checkpoint, before the run stopped, are run again
+            self.run.truncate_log(self.log_name, self.step)
 
     def train(self, desc: str, max_steps: int | None) -> None:
         """Run until the budget is spent; a final checkpoint is written."""

@@ -132,10 +132,21 @@ class RunFolder:
         """``config.json`` if the run has one yet, else an empty dict."""
         return self.read_config() if (self.root / CONFIG).exists() else {}
 
-    def config_or_preset(self, preset: str) -> tuple[ModelConfig, dict[str, Any]]:
-        """The run's model config (or the preset's for a new run) and the whole ``config.json`` dict."""
+    def config_or_preset(self, preset: str, image_size: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:
+        """The run's model config (or the preset's for a new run, at ``image_size`` px when given) and the whole
+        ``config.json`` dict; a :class:`CheckpointError` when the run exists at another image size."""
         config = self.existing_config()
-        return (ModelConfig.from_dict(config["model"]) if "model" in config else get_preset(preset)), config
+        if "model" not in config:
+            model = get_preset(preset)
+            try:
+                return (model if image_size is None else model.at_image_size(image_size)), config
+            except ValueError as exc:
+                raise CheckpointError(f"{self.root}: --image-size: {exc}") from None
+        model = ModelConfig.from_dict(config["model"])
+        if image_size is not None and image_size != model.image_size:
+            raise CheckpointError(f"{self.root / CONFIG}: this run is at {model.image_size} px, not --image-size "
+                                  f"{image_size}; give another --out or leave --image-size out")
+        return model, config
 
     def load_weights_into(self, model: DiAD) -> bool:
         """Load ``model.safetensors`` into ``model`` if the run has one (from build_model or an earlier stage)."""
@@ -183,3 +194,22 @@ class RunFolder:
             if f.tell() == 0:
                 writer.writeheader()
             writer.writerow(row)
+
+    def truncate_log(self, name: str, step: int) -> None:
+        """Drop the rows of ``logs/<name>.csv`` after ``step``, and a row a kill cut short: a run resumed from its
+        step-``step`` checkpoint logs those steps again. Rewritten atomically."""
+        path = self.root / "logs" / f"{name}.csv"
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            lines = f.readlines()
+        complete = [line for line in lines if line.endswith("\n")]
+        if not complete:
+            return
+        column = next(csv.reader(complete[:1])).index("step")
+        kept = complete[:1] + [line for line in complete[1:] if int(next(csv.reader([line]))[column]) <= step]
+        if kept != lines:
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)

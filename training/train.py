@@ -245,7 +245,7 @@ def train(args: argparse.Namespace) -> DiAD:
         f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" and world > 1 else args.device
     )
     run = RunFolder(args.out)
-    model_config, config = run.config_or_preset(args.preset)
+    model_config, config = run.config_or_preset(args.preset, args.image_size)
     model_config.trainable = args.trainable or model_config.trainable
     model_config.injection = args.injection or model_config.injection
     torch.manual_seed(args.seed)

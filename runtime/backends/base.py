@@ -1,4 +1,5 @@
-"""What every inference backend implements: the DiAD pipeline on a batch of pre-processed images.
+"""What every inference backend implements: the DiAD pipeline on a batch of pre-processed images, each backend
+supplying the stage kernels of the one sequence in :mod:`runtime.sequence`.
 
 encode (``vae_encoder`` + ``hint_encoder``) -> noise the latent to ``plan.start_t`` with each fixed noise draw
 (:func:`runtime.schedule.noise_latents`) -> ``denoise_step`` once per DDIM step on all draws at once -> the mean
@@ -18,8 +19,7 @@ import numpy as np
 
 from runtime.manifest import Manifest
 from runtime.schedule import DDIMPlan
-
-STAGES = ("encode", "steps", "decode", "score")
+from runtime.sequence import STAGES
 
 
 @dataclass

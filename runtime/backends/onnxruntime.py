@@ -31,8 +31,10 @@ import numpy as np
 from runtime.backends.base import Backend, BackendOutput
 from runtime.devices import onnxruntime_provider
 from runtime.errors import BackendError, ModelFolderError
-from runtime.manifest import COMPONENT_IO, MANIFEST, Manifest, noise_inputs, schedule_inputs
+from runtime.component_io import COMPONENT_IO, noise_inputs, schedule_inputs
+from runtime.manifest import MANIFEST, Manifest
 from runtime.schedule import DDIMPlan, as_draws, draws_per_image, mean_of_draws, noise_latents
+from runtime.sequence import STAGES, WallClock, ddim_loop, infer
 
 ENGINE_CACHE = "ort_trt_cache"  # the TensorRT provider's engines, inside the model folder when it is writable
 OPTIMIZED_CACHE = "ort_cpu_cache"  # graphs as the CPU provider optimised them (SessionSettings.optimized_cache)
@@ -277,16 +279,16 @@ class OnnxRuntimeBackend(Backend):
         self._device_values: dict[tuple, list] = {}  # plan inputs per (plan, batch size)
         self._draws: dict[int, tuple[np.ndarray, Any]] = {}  # per batch size: the draws and their device copy
 
-    def _on_device(self, array: np.ndarray):
+    def to_device(self, array: np.ndarray):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.memory, self.device_id)
 
-    def _empty(self, shape: tuple[int, ...]):
+    def device_buffer(self, shape: tuple[int, ...]):
         return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.memory, self.device_id)
 
-    def _host(self, shape: tuple[int, ...]):
+    def host_buffer(self, shape: tuple[int, ...]):
         return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cpu", 0)
 
-    def _run(self, name: str, inputs: Sequence, outputs: Sequence) -> None:
+    def run_component(self, name: str, inputs: Sequence, outputs: Sequence) -> None:
         """Run component ``name`` on device values given in :data:`COMPONENT_IO`'s order of its inputs and outputs
         (a :class:`Reshaped` value is bound with its own shape)."""
         session, io = self.sessions[name], COMPONENT_IO[name]
@@ -309,115 +311,122 @@ class OnnxRuntimeBackend(Backend):
             self._device_values[key] = make()
         return self._device_values[key]
 
-    def _plan_values(self, plan: DDIMPlan, batch: int) -> list[list]:
+    def plan_values(self, plan: DDIMPlan, batch: int) -> list[list]:
         """Per step, its (B,) plan inputs in :data:`SCHEDULE_INPUTS` order, made once per plan and batch."""
         def make() -> list[list]:
             columns = schedule_inputs(plan).values()
-            return [[self._on_device(np.full(batch, value, np.float32)) for value in step] for step in zip(*columns)]
+            return [[self.to_device(np.full(batch, value, np.float32)) for value in step] for step in zip(*columns)]
 
         return self._cached(("steps", tuple(plan.timesteps), plan.start_t, batch), make)
 
-    def _noise_values(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> list:
+    def noise_values(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> list:
         """``noise_latents``' ``noise``, ``signal`` and ``spread`` for ``batch`` images on the device: the draws
         uploaded once per batch size (again only when the caller's draws change), the coefficients once per plan."""
         held = self._draws.get(batch)
         if held is None or not np.array_equal(held[0], noise, equal_nan=True):
-            held = self._draws[batch] = (noise.copy(), self._on_device(draws_per_image(noise, batch)))
+            held = self._draws[batch] = (noise.copy(), self.to_device(draws_per_image(noise, batch)))
         scales = self._cached(("noise", plan.start_t, batch),
-                              lambda: [self._on_device(v) for v in noise_inputs(plan, batch).values()])
+                              lambda: [self.to_device(v) for v in noise_inputs(plan, batch).values()])
         return [held[1], *scales]
 
     def run(
         self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool = False
     ) -> BackendOutput:
-        """The pipeline on one batch; the VAE-only plan (:attr:`DDIMPlan.vae_only`) decodes the clean latent: no
-        noise, no ``hint_encoder``, no ``denoise_step``."""
-        batch, size = len(images), self.manifest.image_size
-        start = time.perf_counter()
-        image = self._on_device(images.astype(np.float32, copy=False))
-        if plan.vae_only:
-            sample = self._empty((batch, *self.manifest.latent_shape))
-            self._run("vae_encoder", [image], [sample])
-            seconds, step_seconds = {"encode": time.perf_counter() - start, "steps": 0.0}, []
-        else:
-            sample, seconds, step_seconds = self._diffuse(image, plan, noise, start)
-
-        start = time.perf_counter()
-        recon = self._empty((batch, 3, size, size))
-        self._run("vae_decoder", [sample], [recon])
-        seconds["decode"] = time.perf_counter() - start
-
-        output = self._score(image, recon, seconds, keep_reconstruction)
-        output.step_seconds = step_seconds
-        return output
-
-    def _diffuse(self, image, plan: DDIMPlan, noise: np.ndarray, start: float) -> tuple[Any, dict, list[float]]:
-        """Encode (latent and hint), noise each image with every draw, run the DDIM steps on all draws at once and
-        average each image's draws: the sample latent on the device, stage seconds (``encode`` counted from
-        ``start``) and per-step seconds. With the draw graphs and the folder's own K draws it all stays on the
-        device (image-major draws); otherwise the latents are noised and averaged on the host (draw-major)."""
-        batch, draws = image.shape()[0], len(as_draws(noise))
-        on_device = self.manifest.has_draw_graphs and draws == self.manifest.draws
-        latent_shape, rows = self.manifest.latent_shape, batch * draws
-        x, hints = (self._noise_on_device if on_device else self._noise_on_host)(image, plan, noise)
-        seconds = {"encode": time.perf_counter() - start}
-
-        step_seconds = []
-        steps = self._plan_values(plan, rows)
-        # several draws averaged on the host: the last step writes to host memory
-        last = self._host((rows, *latent_shape)) if draws > 1 and not on_device else x[len(steps) % 2]
-        for k, values in enumerate(steps):
-            start = time.perf_counter()
-            self._run("denoise_step", [x[k % 2], hints, *values], [last if k == len(steps) - 1 else x[(k + 1) % 2]])
-            step_seconds.append(time.perf_counter() - start)
-        sample, start = last, time.perf_counter()
-        if draws > 1 and on_device:
-            sample = self._empty((batch, *latent_shape))
-            self._run("mean_of_draws", [Reshaped(last, (batch, draws, *latent_shape))], [sample])
-        elif draws > 1:
-            sample = self._on_device(mean_of_draws(last.numpy(), draws))
-        if draws > 1:
-            step_seconds[-1] += time.perf_counter() - start
-        seconds["steps"] = sum(step_seconds)
-        return sample, seconds, step_seconds
-
-    def _noise_on_device(self, image, plan: DDIMPlan, noise: np.ndarray) -> tuple[list, Any]:
-        """Encoders and ``noise_latents`` on the device: the two latent buffers of the DDIM loop (the first holding
-        the noised latents, image-major) and the hint once per draw."""
-        batch, draws = image.shape()[0], self.manifest.draws
-        latent_shape, hint_shape = self.manifest.latent_shape, self.manifest.hint_shape
-        latent, hint = self._empty((batch, *latent_shape)), self._empty((batch, *hint_shape))
-        self._run("vae_encoder", [image], [latent])
-        self._run("hint_encoder", [image], [hint])
-        x = [self._empty((batch * draws, *latent_shape)) for _ in range(2)]
-        hints = self._empty((batch * draws, *hint_shape))
-        self._run("noise_latents", [latent, hint, *self._noise_values(plan, noise, batch)],
-                  [Reshaped(x[0], (batch, draws, *latent_shape)), Reshaped(hints, (batch, draws, *hint_shape))])
-        return x, hints
-
-    def _noise_on_host(self, image, plan: DDIMPlan, noise: np.ndarray) -> tuple[list, Any]:
-        """As :meth:`_noise_on_device` for a folder without the draw graphs (or other draws than its own): the
-        latent (and with several draws the hint) go to the host, are noised (repeated) there and come back."""
-        batch, draws = image.shape()[0], len(as_draws(noise))
-        hint_shape = (batch, *self.manifest.hint_shape)
-        latent = self._host((batch, *self.manifest.latent_shape))
-        hint = self._host(hint_shape) if draws > 1 else self._empty(hint_shape)
-        self._run("vae_encoder", [image], [latent])
-        self._run("hint_encoder", [image], [hint])
-        if draws > 1:  # one copy of the batch's hints per draw (draw-major, as the noised latents)
-            hint = self._on_device(np.concatenate([hint.numpy()] * draws))
-        noised = noise_latents(latent.numpy(), noise, plan.start_alpha)
-        return [self._on_device(noised), self._empty(noised.shape)], hint
-
-    def _score(self, image, recon, seconds: dict[str, float], keep_reconstruction: bool = False) -> BackendOutput:
-        start = time.perf_counter()
-        batch, size = image.shape()[0], self.manifest.image_size
-        amap, score = self._host((batch, size, size)), self._host((batch,))
-        self._run("scorer", [image, recon], [amap, score])
-        seconds["score"] = time.perf_counter() - start
-        return BackendOutput(amap.numpy(), score.numpy(), recon.numpy() if keep_reconstruction else None, seconds)
+        """The sequence (:func:`runtime.sequence.infer`) on one batch, through :class:`SessionStages`."""
+        clock = WallClock()
+        stages = SessionStages(self, noise)
+        image = self.to_device(images.astype(np.float32, copy=False))
+        done = infer(stages, image, plan, 1 if plan.vae_only else stages.draws, clock)
+        amap, score = done.scored
+        return BackendOutput(amap.numpy(), score.numpy(),
+                             done.reconstruction.numpy() if keep_reconstruction else None,
+                             {stage: clock.seconds[stage] for stage in STAGES}, stages.step_seconds)
 
     def close(self) -> None:
         self.sessions.clear()
         self._device_values.clear()
         self._draws.clear()
+
+
+class SessionStages:
+    """The stage kernels of :mod:`runtime.sequence` on a backend's sessions, for one batch.
+
+    With the draw graphs and the folder's own K draws everything stays on the device (the draws image-major);
+    otherwise the latents are noised and averaged on the host (draw-major): the latent (and with several draws the
+    hint and the last step's latents) make the trip. ``step_seconds``: each DDIM step's wall seconds, the mean
+    over draws counted in the last.
+    """
+
+    def __init__(self, backend: OnnxRuntimeBackend, noise: np.ndarray):
+        self.backend, self.noise_draws = backend, noise
+        self.draws = len(as_draws(noise))
+        self.on_device = backend.manifest.has_draw_graphs and self.draws == backend.manifest.draws
+        self.step_seconds: list[float] = []
+
+    def encode(self, image):
+        b, shape = self.backend, (image.shape()[0], *self.backend.manifest.latent_shape)
+        latent = b.device_buffer(shape) if self.on_device else b.host_buffer(shape)
+        b.run_component("vae_encoder", [image], [latent])
+        return latent
+
+    def encode_hint(self, image):
+        b, shape = self.backend, (image.shape()[0], *self.backend.manifest.hint_shape)
+        hint = b.host_buffer(shape) if self.draws > 1 and not self.on_device else b.device_buffer(shape)
+        b.run_component("hint_encoder", [image], [hint])
+        return hint
+
+    def noise(self, latent, hint, plan: DDIMPlan) -> tuple[Any, Any]:
+        b, batch, draws = self.backend, latent.shape()[0], self.draws
+        if not self.on_device:
+            if draws > 1:  # one copy of the batch's hints per draw (draw-major, as the noised latents)
+                hint = b.to_device(np.concatenate([hint.numpy()] * draws))
+            return b.to_device(noise_latents(latent.numpy(), self.noise_draws, plan.start_alpha)), hint
+        latent_shape, hint_shape = b.manifest.latent_shape, b.manifest.hint_shape
+        x, hints = b.device_buffer((batch * draws, *latent_shape)), b.device_buffer((batch * draws, *hint_shape))
+        b.run_component("noise_latents", [latent, hint, *b.noise_values(plan, self.noise_draws, batch)],
+                        [Reshaped(x, (batch, draws, *latent_shape)), Reshaped(hints, (batch, draws, *hint_shape))])
+        return x, hints
+
+    def loop(self, x, hints, plan: DDIMPlan):
+        """Ping-pong between two latent buffers; with several draws averaged on the host the last step writes
+        to host memory."""
+        b, shape = self.backend, tuple(x.shape())
+        buffers, steps = [x, b.device_buffer(shape)], b.plan_values(plan, shape[0])
+        last = b.host_buffer(shape) if self.draws > 1 and not self.on_device else None
+        started = time.perf_counter()
+
+        def step(k: int, current):
+            out = last if last is not None and k == plan.steps - 1 else buffers[(k + 1) % 2]
+            b.run_component("denoise_step", [current, hints, *steps[k]], [out])
+            return out
+
+        def timed(_k: int) -> None:
+            nonlocal started
+            now = time.perf_counter()
+            self.step_seconds.append(now - started)
+            started = now
+
+        return ddim_loop(step, x, plan, timed)
+
+    def mean(self, x):
+        b, started = self.backend, time.perf_counter()
+        if self.on_device:
+            batch, latent_shape = x.shape()[0] // self.draws, b.manifest.latent_shape
+            sample = b.device_buffer((batch, *latent_shape))
+            b.run_component("mean_of_draws", [Reshaped(x, (batch, self.draws, *latent_shape))], [sample])
+        else:
+            sample = b.to_device(mean_of_draws(x.numpy(), self.draws))
+        self.step_seconds[-1] += time.perf_counter() - started
+        return sample
+
+    def decode(self, sample):
+        size = self.backend.manifest.image_size
+        recon = self.backend.device_buffer((sample.shape()[0], 3, size, size))
+        self.backend.run_component("vae_decoder", [sample], [recon])
+        return recon
+
+    def score(self, image, recon) -> tuple[Any, Any]:
+        batch, size = image.shape()[0], self.backend.manifest.image_size
+        amap, score = self.backend.host_buffer((batch, size, size)), self.backend.host_buffer((batch,))
+        self.backend.run_component("scorer", [image, recon], [amap, score])
+        return amap, score

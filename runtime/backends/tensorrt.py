@@ -1,13 +1,14 @@
 """TensorRT backend through cuda-python (no torch, no pycuda): the DiAD pipeline on one GPU.
 
 One batch crosses the bus twice: its images go up, its maps and scores (and reconstructions when asked) come down,
-and nothing in between waits for the host. Upload -> ``vae_encoder`` + ``hint_encoder`` -> ``noise_latents``
+and nothing in between waits for the host. Each slot supplies the stage kernels of :mod:`runtime.sequence` (each
+queues its work on the slot's CUDA stream; stage boundaries are CUDA events). Upload -> ``vae_encoder`` + ``hint_encoder`` -> ``noise_latents``
 (each image's latent noised with each of the folder's K draws, its hint repeated per draw: image-major, row
 ``b * K + k``) -> N x ``denoise_step`` on every draw at once -> ``mean_of_draws`` (K > 1) -> ``vae_decoder`` ->
 ``scorer`` -> download. The draws go up once per slot (again only when the caller's change), the plan's numbers
 once per loop. The VAE-only plan (no DDIM step) decodes the encoder's latent where it lies: upload ->
 ``vae_encoder`` -> ``vae_decoder`` -> ``scorer`` -> download. A model folder exported before the draw graphs
-(:data:`runtime.manifest.DRAW_COMPONENTS`) is refused with the commands that add them and build their engines.
+(:data:`runtime.component_io.DRAW_COMPONENTS`) is refused with the commands that add them and build their engines.
 
 Two pipeline slots let a caller double-buffer (:meth:`TensorRTBackend.submit` / :meth:`TensorRTBackend.collect`;
 successive batches take turns): each has its own CUDA stream, an execution context per engine, device buffers for
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import STAGES, Backend, BackendOutput
+from runtime.backends.base import Backend, BackendOutput
 from runtime.backends.tensorrt_env import (
     cuda_call,
     cuda_error,
@@ -47,17 +48,18 @@ from runtime.backends.tensorrt_env import (
 )
 from runtime.devices import cuda_ordinal
 from runtime.errors import ModelFolderError
-from runtime.manifest import (
+from runtime.inflight import drain, make_room
+from runtime.component_io import (
     COMPONENT_IO,
     DRAW_COMPONENTS,
-    MANIFEST,
     NOISE_INPUTS,
     SCHEDULE_INPUTS,
-    Manifest,
     noise_inputs,
     schedule_inputs,
 )
+from runtime.manifest import MANIFEST, Manifest
 from runtime.schedule import DDIMPlan, as_draws
+from runtime.sequence import STAGES, ddim_loop, infer
 
 log = logging.getLogger("runtime.tensorrt")
 
@@ -88,7 +90,7 @@ BINDINGS = {  # (component, tensor) -> slot buffer
 }
 HOST = ("image", "noise", "reconstruction", "anomaly_map", "score")  # buffers with a pinned host copy
 PER_DRAW = ("x0", "x1", "hints")  # buffers with a row per image and draw
-EVENTS = 5  # recorded at the start, after the encoders, the sample, the decoder and the downloads
+EVENTS = 5  # recorded at the start and where each of runtime.sequence.STAGES ends (the last after the downloads)
 
 
 def check_shared_shapes(engines: dict[str, Engine]) -> None:
@@ -211,7 +213,7 @@ class Loop:
     and one CUDA graph, or eager enqueues when capturing failed."""
 
     def __init__(self, slot: Slot, plan: DDIMPlan, batch: int):
-        self.slot, self.batch, self.steps = slot, batch, len(plan.timesteps)
+        self.slot, self.batch, self.plan, self.steps = slot, batch, plan, len(plan.timesteps)
         self.memory = Memory()
         self.context = slot.engines["denoise_step"].context(slot.scratch, slot.scratch_bytes)
         self.context.set_batch(batch)
@@ -240,12 +242,16 @@ class Loop:
 
     def _enqueue(self) -> None:
         latents = (self.slot.device["x0"], self.slot.device["x1"])
-        for i in range(self.steps):
-            self.context.bind(X_T, latents[i % 2])
+
+        def step(i: int, x: int) -> int:
+            self.context.bind(X_T, x)
             self.context.bind(X_PREV, latents[(i + 1) % 2])
             for k, name in enumerate(SCHEDULE_INPUTS):
                 self.context.bind(name, self.table + (k * self.steps + i) * self.row)
             self.context.enqueue(self.slot.handle)
+            return latents[(i + 1) % 2]
+
+        ddim_loop(step, latents[0], self.plan)
 
     def run(self) -> None:
         """Replay the graph; the first time, run eagerly (the result, and TensorRT's warm-up) and capture it."""
@@ -296,6 +302,24 @@ class Loop:
         self.memory.free()
 
 
+class EventClock:
+    """The sequence's stage boundaries as CUDA events on a slot's stream, in order (read in :meth:`Slot.finish`);
+    a skipped stage is two events back to back."""
+
+    def __init__(self, slot: Slot):
+        self.slot, self.recorded = slot, 0
+
+    def start(self) -> None:
+        self.recorded = 0
+        self.lap("start")
+
+    def lap(self, stage: str) -> None:
+        cuda_call("cudaEventRecord", self.slot.events[self.recorded], self.slot.stream)
+        self.recorded += 1
+
+    skip = lap
+
+
 class Slot:
     """One pipeline: stream, execution contexts, device and pinned buffers, events, captured loops, current job.
 
@@ -322,12 +346,9 @@ class Slot:
         self.sizes = {b: engines[c].nbytes(t, 1) for b, (c, t) in where.items()}  # bytes per row
         for (component, tensor), buffer in BINDINGS.items():
             self.contexts[component].bind(tensor, self.device[buffer])
-        self.noise: np.ndarray | None = None  # the draws in the device's noise buffer
+        self.held_draws: np.ndarray | None = None  # the draws in the device's noise buffer
         self.loops: OrderedDict[tuple, Loop] = OrderedDict()  # least recently used first
         self.job: dict[str, Any] | None = None
-
-    def _record(self, event: int) -> None:
-        cuda_call("cudaEventRecord", self.events[event], self.stream)
 
     def _copy(self, buffer: str, rows: int, to_device: bool) -> None:
         """Queue a copy of the first ``rows`` rows of ``buffer`` between its pinned and its device copy."""
@@ -342,7 +363,7 @@ class Slot:
         self.contexts[component].set_batch(batch)
         self.contexts[component].enqueue(self.handle)
 
-    def loop(self, plan: DDIMPlan, batch: int) -> Loop:
+    def loop_for(self, plan: DDIMPlan, batch: int) -> Loop:
         """The loop of ``(batch, plan)``, made on first use; the least recently used beyond :data:`MAX_LOOPS` are
         freed (no queued work uses them: a slot runs one job at a time)."""
         key = (batch, plan.timesteps.tobytes(), plan.alphas.tobytes(), plan.alphas_prev.tobytes(), plan.start_t)
@@ -355,54 +376,64 @@ class Slot:
         return self.loops[key]
 
     def start(self, images: np.ndarray, plan: DDIMPlan, noise: np.ndarray, keep_reconstruction: bool) -> None:
-        """Queue one batch on the stream (the host waits for nothing): the images go up, the maps and scores (and
-        with ``keep_reconstruction`` the reconstructions) come down; the VAE-only plan decodes the clean latent."""
+        """Queue one batch on the stream (the host waits for nothing): the sequence (:func:`runtime.sequence.infer`)
+        with this slot's kernels, stage boundaries as events. The images go up, the maps and scores (and with
+        ``keep_reconstruction`` the reconstructions) come down; the VAE-only plan decodes the clean latent."""
         batch = len(images)
         np.copyto(self.host["image"][:batch], images, casting="same_kind")
-        self._record(0)
+        self.job = {"batch": batch, "keep": keep_reconstruction, "noise": noise}
+        infer(self, batch, plan, 1 if plan.vae_only else self.draws, EventClock(self))
+
+    # The stage kernels of runtime.sequence: each queues its work on the stream; values are device addresses.
+    def encode(self, batch: int) -> int:
         self._copy("image", batch, to_device=True)
         self._run("vae_encoder", batch)
-        if plan.vae_only:  # no hint, no noise, no step: the clean latent is the sample
-            self._record(1)
-            sample = self.device["latent"]
-        else:
-            self._run("hint_encoder", batch)
-            self._record(1)
-            sample = self._diffuse(plan, noise, batch)
-        self._record(2)
-        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
-        self._run("vae_decoder", batch)
-        self._record(3)
-        self._run("scorer", batch)
-        for buffer in ("anomaly_map", "score") + (("reconstruction",) if keep_reconstruction else ()):
-            self._copy(buffer, batch, to_device=False)
-        self._record(4)
-        self.job = {"batch": batch, "keep": keep_reconstruction}
+        return self.device["latent"]
 
-    def _diffuse(self, plan: DDIMPlan, noise: np.ndarray, batch: int) -> int:
-        """After the encoders: ``noise_latents``, the DDIM loop on every draw at once and, with several draws,
-        ``mean_of_draws``. Returns the sample latent's device address."""
-        self._hold_noise(noise)
-        loop = self.loop(plan, batch * self.draws)
+    def encode_hint(self, batch: int) -> int:
+        self._run("hint_encoder", batch)
+        return self.device["hint"]
+
+    def noise(self, latent: int, hint: int, plan: DDIMPlan) -> tuple[int, int]:
+        """``noise_latents`` on the draws held on the device, with the coefficients of the plan's loop."""
+        self._hold_noise(self.job["noise"])
+        loop = self.loop_for(plan, self.job["batch"] * self.draws)
         for k, name in enumerate(NOISE_INPUTS):
             self.contexts["noise_latents"].bind(name, loop.noise_input(k))
-        self._run("noise_latents", batch)
+        self._run("noise_latents", self.job["batch"])
+        return self.device["x0"], self.device["hints"]
+
+    def loop(self, x: int, hints: int, plan: DDIMPlan) -> int:
+        """The (batch, plan) loop: its CUDA graph replayed, or its steps enqueued."""
+        loop = self.loop_for(plan, self.job["batch"] * self.draws)
         loop.run()
-        if self.draws == 1:
-            return loop.output
-        self.contexts["mean_of_draws"].bind(COMPONENT_IO["mean_of_draws"].only("draws"), loop.output)
-        self._run("mean_of_draws", batch)
+        return loop.output
+
+    def mean(self, x: int) -> int:
+        self.contexts["mean_of_draws"].bind(COMPONENT_IO["mean_of_draws"].only("draws"), x)
+        self._run("mean_of_draws", self.job["batch"])
         return self.device["mean"]
+
+    def decode(self, sample: int) -> int:
+        self.contexts["vae_decoder"].bind(COMPONENT_IO["vae_decoder"].only("latent"), sample)
+        self._run("vae_decoder", self.job["batch"])
+        return self.device["reconstruction"]
+
+    def score(self, batch: int, reconstruction: int) -> None:
+        """The scorer, then the downloads (read in :meth:`finish`)."""
+        self._run("scorer", batch)
+        for buffer in ("anomaly_map", "score") + (("reconstruction",) if self.job["keep"] else ()):
+            self._copy(buffer, batch, to_device=False)
 
     def _hold_noise(self, noise: np.ndarray) -> None:
         """Upload the draws once per image of the largest batch, unless they are the ones on the device already
         (the slot's previous job is done, so its pinned copy is free)."""
         draws = as_draws(noise)
-        if self.noise is not None and np.array_equal(self.noise, draws, equal_nan=True):
+        if self.held_draws is not None and np.array_equal(self.held_draws, draws, equal_nan=True):
             return
         self.host["noise"][:] = draws[None]
         self._copy("noise", self.max_batch, to_device=True)
-        self.noise = draws.copy()
+        self.held_draws = draws.copy()
 
     def finish(self) -> BackendOutput:
         """Wait for the current job; its outputs (copied out of the pinned buffers) and stage seconds."""
@@ -524,14 +555,11 @@ class TensorRTBackend(Backend):
             raise RuntimeError("run() while submitted batches are pending: collect() them first")
         if len(images) == 0:
             raise ValueError("run() needs at least one image")
-        parts = []
+        parts: list[BackendOutput] = []
         for start in range(0, len(images), self.max_batch):
-            chunk = slice(start, start + self.max_batch)
-            if len(self._jobs) == self.slots:
-                parts.append(self.collect())
-            self.submit(images[chunk], plan, noise, keep_reconstruction)
-        while self._jobs:
-            parts.append(self.collect())
+            make_room(self, parts.append)
+            self.submit(images[start : start + self.max_batch], plan, noise, keep_reconstruction)
+        drain(self, parts.append)
         return BackendOutput.concat(parts)
 
     def close(self) -> None:

@@ -14,9 +14,9 @@ from runtime.dashboard.metrics import CONTENT_TYPE, StreamCollector, exposition,
 from runtime.dashboard.server import MAX_VIEWERS, Address, DashboardHTTPServer
 from runtime.dashboard.state import DashboardState, jsonable
 from runtime.detector import FrameScorer, Prediction
+from runtime.frames import Frame, Source
 from runtime.manifest import MANIFEST, Thresholds, sha256
 from runtime.schedule import plan_label
-from runtime.sources import Frame, Source
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.dashboard.state import DashboardState, Reject, Shot, jsonable
 from runtime.detector import Prediction
-from runtime.sources import Frame
+from runtime.frames import Frame
 
 log = logging.getLogger("runtime.dashboard")
 

@@ -26,13 +26,14 @@ from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from runtime.errors import DiadError
 
 if TYPE_CHECKING:
-    from runtime.dashboard.app import Dashboard
+    from runtime.dashboard.live import LiveView
+    from runtime.dashboard.state import DashboardState
 
 log = logging.getLogger("runtime.dashboard")
 
@@ -115,6 +116,20 @@ def load_assets() -> dict[str, tuple[bytes, str]]:
     return {route: ((folder / name).read_bytes(), kind) for route, (name, kind) in ASSETS.items()}
 
 
+class Served(Protocol):
+    """What the server uses of the dashboard it serves (:class:`runtime.dashboard.app.Dashboard`)."""
+
+    state: DashboardState
+    live: LiveView
+    viewers: threading.BoundedSemaphore  # live views at once, at most MAX_VIEWERS
+    closing: threading.Event
+    metrics_type: str
+
+    def state_json(self) -> bytes: ...
+
+    def metrics(self) -> bytes: ...
+
+
 class _HeadLimit:
     """A connection's input, of which at most ``budget`` bytes are read (no request here has a body)."""
 
@@ -141,7 +156,7 @@ class DashboardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: Address, app: Dashboard) -> None:
+    def __init__(self, address: Address, app: Served) -> None:
         self.app, self.token = app, address.token
         self.assets = load_assets()
         self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)

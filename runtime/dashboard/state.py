@@ -19,8 +19,8 @@ import numpy as np
 
 from runtime.dashboard.drift import DriftWindow
 from runtime.detector import Prediction
+from runtime.frames import Frame
 from runtime.manifest import Thresholds
-from runtime.sources import Frame
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds, capture to verdict
 WINDOW_S = 60.0  # frames/s and latency percentiles over this many recent seconds

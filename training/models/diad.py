@@ -9,13 +9,16 @@ uses the same context in both branches, so it is a no-op), decode without clampi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from runtime.schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_plan, noise_draws
+from runtime.schedule import NUM_TRAIN_TIMESTEPS, DDIMPlan, alphas_cumprod, ddim_plan, noise_draws
+from runtime.sequence import Clock, WallClock, ddim_loop, sample
 from training.models.notices import warn_loudly
 from training.models.presets import TRAINABLE_SETS, ModelConfig
 from training.models.sg_network import SemanticGuidedNetwork, timestep_batch
@@ -164,8 +167,10 @@ class DiAD(nn.Module):
         noise: torch.Tensor | None = None,
         decode_vae_reconstruction: bool = True,
         draws: int | None = None,
+        clock: Clock | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Reconstruct ImageNet-normalised images ``(B, 3, S, S)``.
+        """Reconstruct ImageNet-normalised images ``(B, 3, S, S)``: the inference sequence of
+        :func:`runtime.sequence.sample` on this model (:class:`ModelStages`), then the decoder.
 
         ``noise``: one latent-shaped draw (with or without the batch axis); default the config's fixed seeded
         draws (``draws`` of them, default the config's: :func:`runtime.schedule.noise_draws`), the same for
@@ -173,32 +178,21 @@ class DiAD(nn.Module):
         Returns ``reconstruction`` (decoded DDIM sample), ``vae_reconstruction`` (decoded clean latent, if asked),
         ``latent``, ``noised_latent`` (with the first draw) and ``sample_latent`` (the mean over draws: decoded).
         ``steps`` 0 is the VAE-only plan: no noise, no hint, the clean latent is the sample (both reconstructions
-        are its decode).
+        are its decode). ``clock`` (:class:`runtime.sequence.WallClock`): told where ``encode``, ``steps`` and
+        ``decode`` end.
         """
         inference = self.config.inference
         plan = ddim_plan(inference.steps if steps is None else steps, inference.start_t if start_t is None else start_t)
-        latent = self.vae.encode_mean(image)
-        if plan.vae_only:
-            decoded = self.vae.decode(latent)
-            out = {"reconstruction": decoded, "latent": latent, "noised_latent": latent, "sample_latent": latent}
-            return out | ({"vae_reconstruction": decoded} if decode_vae_reconstruction else {})
-        if noise is None:
-            draws = inference.draws if draws is None else draws
-            noise = torch.from_numpy(noise_draws(tuple(latent.shape[1:]), inference.noise_seed, draws)).to(latent)
-        else:
-            noise = noise.to(latent).expand_as(latent)[None]
-        noised = noise_latents(latent, noise, plan.start_alpha)
-
-        hint = self.sg.encode_hint(image).repeat(len(noise), 1, 1, 1)  # once per image, not per step or draw
-        x = noised
-        for t, alpha, alpha_prev in zip(plan.timesteps, plan.alphas, plan.alphas_prev):
-            x = self.ddim_step(x, self.denoise(x, int(t), hint), float(alpha), float(alpha_prev))
-        mean = mean_of_draws(x, len(noise))
-
-        out = {"reconstruction": self.vae.decode(mean), "latent": latent, "noised_latent": noised[: len(latent)],
-               "sample_latent": mean}
+        count = 1 if noise is not None else inference.draws if draws is None else draws
+        clock = clock or WallClock()
+        stages = ModelStages(self, noise, count)
+        sampled = sample(stages, image, plan, count, clock)
+        decoded = stages.decode(sampled.sample)
+        clock.lap("decode")
+        out = {"reconstruction": decoded, "latent": sampled.latent, "noised_latent": sampled.noised[: len(image)],
+               "sample_latent": sampled.sample}
         if decode_vae_reconstruction:
-            out["vae_reconstruction"] = self.vae.decode(latent)
+            out["vae_reconstruction"] = decoded if plan.vae_only else self.vae.decode(sampled.latent)
         return out
 
     def training_loss(
@@ -262,6 +256,55 @@ class DiAD(nn.Module):
         counts["total"] = counts["unet+sg"] + counts["vae"]
         counts["trainable"] = sum(p.numel() for p in self.trainable_parameters())
         return counts
+
+
+class ModelStages:
+    """The stage kernels of :mod:`runtime.sequence` on a :class:`DiAD` (draw-major draws: row ``k * B + b``), up
+to the decoder; a scorer adds ``score`` (the benchmarks' PyTorch pipeline).
+
+    ``noise``: one latent-shaped draw for every image, or None for the config's ``draws`` fixed seeded draws.
+    ``step_values`` gives each DDIM step's timestep and alphas (Python numbers here; device tensors made once per
+    plan where a CUDA graph captures the loop); ``after(k)`` runs once step k is queued.
+    """
+
+    def __init__(self, model: DiAD, noise: torch.Tensor | None, draws: int,
+                 after: Callable[[int], object] | None = None):
+        self.model, self.given, self.draws, self.after = model, noise, draws, after
+
+    def draws_like(self, latent: torch.Tensor) -> torch.Tensor:
+        """The ``(K, ...)`` draws for ``latent``'s shape, dtype and device."""
+        if self.given is not None:
+            return self.given.to(latent).expand_as(latent)[None]
+        seed = self.model.config.inference.noise_seed
+        return torch.from_numpy(noise_draws(tuple(latent.shape[1:]), seed, self.draws)).to(latent)
+
+    def step_values(self, plan: DDIMPlan) -> list[tuple]:
+        return [(int(t), float(a), float(p)) for t, a, p in zip(plan.timesteps, plan.alphas, plan.alphas_prev)]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.vae.encode_mean(images)
+
+    def encode_hint(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.sg.encode_hint(images)  # once per image, not per step or draw
+
+    def noise(self, latent: torch.Tensor, hint: torch.Tensor, plan: DDIMPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        draws = self.draws_like(latent)
+        return noise_latents(latent, draws, plan.start_alpha), hint.repeat(len(draws), 1, 1, 1)
+
+    def loop(self, x: torch.Tensor, hints: torch.Tensor, plan: DDIMPlan) -> torch.Tensor:
+        values = self.step_values(plan)
+
+        def step(k: int, x: torch.Tensor) -> torch.Tensor:
+            t, alpha, alpha_prev = values[k]
+            return self.model.ddim_step(x, self.model.denoise(x, t, hints), alpha, alpha_prev)
+
+        return ddim_loop(step, x, plan, self.after)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_of_draws(x, self.draws)
+
+    def decode(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.model.vae.decode(sample)
 
 
 def build_model(config: ModelConfig, device: str | torch.device = "cpu", context: torch.Tensor | None = None) -> DiAD:

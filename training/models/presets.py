@@ -4,18 +4,14 @@
 77x768). ``tiny`` has the same graph (block types, number of skips, SFF layout, 77-token context) at small widths,
 so it trains on a laptop CPU. Every width is a field, so sizes can be tuned by measurement.
 
-``python -m training.models.presets --preset sd15`` prints the parameter counts (built on the meta device, so
+``python -m training.models.parameters --preset sd15`` prints the parameter counts (built on the meta device, so
 nothing is allocated) next to the reference numbers.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
-
-from runtime.cli import run_cli
 
 INJECTIONS = ("mid+sff", "all")
 SFF_INITS = ("small_random", "zero")
@@ -187,6 +183,14 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def at_image_size(self, size: int) -> ModelConfig:
+        """This config for ``size`` px images (the networks are fully convolutional: the same layers, the latent
+        side ``size`` / the VAE's downsampling)."""
+        factor = 2 ** (len(self.vae.block_out_channels) - 1)
+        if size < factor or size % factor:
+            raise ValueError(f"image size {size}: expected a positive multiple of {factor} (the VAE's downsampling)")
+        return dataclasses.replace(self, image_size=size, unet=dataclasses.replace(self.unet, sample_size=size // factor))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not fall back to a default)."""
@@ -282,25 +286,3 @@ def format_parameter_table(counts: dict[str, int], reference_m: dict[str, float]
         ref = f" {reference_m[name]:.2f} |" if reference_m and name in reference_m else (" |" if reference_m else "")
         lines.append(f"| {name} | {n / 1e6:.2f} |{ref}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print a preset's config and parameter counts (meta device).")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sd15", help="model preset (default: sd15)")
-    parser.add_argument("--config", action="store_true", help="also print the config as JSON (default: off)")
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from training.models.diad import build_model
-
-    config = get_preset(args.preset)
-    placeholder = torch.empty(config.unet.context_length, config.unet.cross_attention_dim, device="meta")
-    model = build_model(config, device="meta", context=placeholder)
-    if args.config:
-        print(json.dumps(config.to_dict(), indent=2))
-    print(format_parameter_table(model.parameter_counts(), REFERENCE_PARAMETERS_M if args.preset == "sd15" else None))
-
-
-if __name__ == "__main__":
-    run_cli(main)
