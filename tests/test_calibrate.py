@@ -1,4 +1,5 @@
-"""runtime.calibrate: the FPR and F1 rules, folder listing, the CLI on the synthetic data, errors and --dry-run."""
+"""runtime.calibrate, runtime.threshold_rules and runtime.calibration_images: the FPR and F1 rules, folder listing,
+the CLI on the synthetic data, errors and --dry-run."""
 from __future__ import annotations
 
 import contextlib
@@ -15,19 +16,8 @@ import pytest
 from helpers.model_folder import make_folder
 
 from runtime import Detector
-from runtime.calibrate import (
-    CalibrationWarning,
-    LabelledImage,
-    NoProgress,
-    calibrate,
-    f1_threshold,
-    fpr_threshold,
-    list_images,
-    list_validation,
-    main,
-    progress_bar,
-    rejects,
-)
+from runtime.calibrate import CalibrationWarning, calibrate, main
+from runtime.calibration_images import LabelledImage, NoProgress, list_images, list_validation, progress_bar
 from runtime.cli import run_cli
 from runtime.datasets import find_mask
 from runtime.errors import CalibrationError, DatasetLayoutError
@@ -35,6 +25,7 @@ from runtime.manifest import MANIFEST, Manifest
 from runtime.preprocess import preprocess_mask, read_image, read_mask
 from runtime.scoring import normalize_to_threshold
 from runtime.synthetic import CLASSES, DEFECTS
+from runtime.threshold_rules import f1_threshold, fpr_threshold, rejects
 
 INF32 = np.float32(np.inf)
 

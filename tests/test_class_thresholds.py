@@ -11,14 +11,16 @@ import pytest
 from helpers.model_folder import make_folder
 
 from runtime import Detector
-from runtime.calibrate import calibrate, class_of, fpr_threshold, main
+from runtime.calibrate import calibrate, main
 from runtime.class_thresholds import DESCRIPTOR_SIZE, assign, describe, spread
+from runtime.datasets import class_of
 from runtime.detector import Prediction
 from runtime.errors import DatasetLayoutError, ModelFolderError
 from runtime.manifest import MANIFEST, Manifest, Thresholds
 from runtime.preprocess import read_image
 from runtime.records import GroundTruth
 from runtime.sources import Frame
+from runtime.threshold_rules import fpr_threshold
 
 CLASSES = {"dark": 40, "bright": 200}  # mean grey level of each class's images
 

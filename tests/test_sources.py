@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import calibrate
+from runtime import calibration_images
 from runtime.errors import SourceError
 from runtime.files import image_files
 from runtime.limits import Limits
@@ -331,8 +331,8 @@ def test_one_image_listing_for_the_stream_calibration_and_datasets(tmp_path):
     expected = [tmp_path / n for n in ("a.jpg", "b.PNG", "c.tiff", "dangling.png")]
     assert image_files(tmp_path) == expected
     assert image_files(tmp_path / "absent") == []
-    assert calibrate.list_images(tmp_path) == expected
-    assert calibrate.list_images(f"{tmp_path}/*") == expected  # a glob: image files only, no folders
+    assert calibration_images.list_images(tmp_path) == expected
+    assert calibration_images.list_images(f"{tmp_path}/*") == expected  # a glob: image files only, no folders
 
 
 def test_a_folder_reads_webp_and_the_first_gif_frame_and_names_the_files_it_skips(tmp_path, caplog):

@@ -656,7 +656,7 @@ def test_the_vae_only_plan_runs_the_encoder_decoder_and_scorer_only(fake, tmp_pa
 def test_detector_stream_and_calibration_use_both_slots(fake, engines, tmp_path):
     """Issue 12.2: ``run`` reset the slot index, so slot 1 was never used by the detector, stream or calibration."""
     from runtime import Detector
-    from runtime.calibrate import LabelledImage, score_images
+    from runtime.calibration_images import LabelledImage, score_images
     from runtime.sources import open_source
     from runtime.stream_run import stream
 

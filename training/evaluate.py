@@ -48,7 +48,7 @@ from runtime.files import GOOD
 from runtime.metrics import COLUMNS, json_safe, per_class, to_markdown
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from runtime.schedule import ddim_plan
-from runtime.sequence import WallClock
+from runtime.sequence import STAGES, WallClock
 from runtime.visualize import grid, heatmap, label, overlay, write_rgb
 from training.data import AnomalyDataset, Sample, load_index
 from training.models.backbones import RANDOM
@@ -252,15 +252,9 @@ def evaluate(
             bar.update(len(image))
     wall = time.perf_counter() - start
 
-    total = clock.seconds
-    seconds = {
-        "encode": total["encode"],
-        "steps": total["steps"],
-        "decode": total["decode"],
-        "score": total["score"],
-    }
+    seconds = {stage: clock.seconds[stage] for stage in STAGES}
     seconds["diad"] = sum(seconds.values())
-    seconds.update(vae_decode=total["vae_decode"], vae_score=total["vae_score"], wall=wall)
+    seconds.update(vae_decode=clock.seconds["vae_decode"], vae_score=clock.seconds["vae_score"], wall=wall)
     return EvaluationResult(
         samples=list(samples),
         settings=settings,

@@ -1,6 +1,6 @@
 """Where the layouts put things: the one rule for mask names, a defect image's mask folder, an image's class.
 
-Mask names, in every layout and in ``runtime.calibrate``: the mask of image ``<stem>.<ext>`` is the image file
+Mask names, in every layout and in ``runtime.calibration_images``: the mask of image ``<stem>.<ext>`` is the image file
 ``<stem>_mask.<ext2>`` in its mask folder, else ``<stem>.<ext2>`` (any image extension; by name order when
 several match). A mask's pixels ``> 0`` mark the defect.
 """
