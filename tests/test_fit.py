@@ -44,7 +44,7 @@ def _write(path: Path, image: np.ndarray) -> None:
 
 def _argv(data: Path, tmp: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--out", str(tmp / "models" / "parts"), "--run", str(tmp / "runs" / "parts"),
-            "--device", "cpu", "--max-steps-autoencoder", "1", "--max-steps-train", "1", *extra]
+            "--device", "cpu", "--max-steps-autoencoder", "1", "--max-steps-train", "1", "--image-size", "192", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def test_images_to_a_calibrated_model_folder(fitted):
     assert statistics.is_file()
 
     manifest = Manifest.load(model)
+    assert manifest.image_size == 192 and config["model"]["image_size"] == 192  # --image-size reached both stages
     thresholds = manifest.thresholds
     assert thresholds.calibrated and [c["name"] for c in thresholds.classes] == ["bolt", "nut"]
     assert thresholds.details["calibration"]["images"] == 4

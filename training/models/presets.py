@@ -187,8 +187,10 @@ class ModelConfig:
         """This config for ``size`` px images (the networks are fully convolutional: the same layers, the latent
         side ``size`` / the VAE's downsampling)."""
         factor = 2 ** (len(self.vae.block_out_channels) - 1)
-        if size < factor or size % factor:
-            raise ValueError(f"image size {size}: expected a positive multiple of {factor} (the VAE's downsampling)")
+        unit = factor * 2 ** (len(self.unet.block_out_channels) - 1)
+        if size < 2 * unit or size % unit:
+            raise ValueError(f"image size {size}: expected a multiple of {unit} from {2 * unit} (the VAE's and the "
+                             "UNet's downsampling must leave at least 2 x 2 latent cells)")
         return dataclasses.replace(self, image_size=size, unet=dataclasses.replace(self.unet, sample_size=size // factor))
 
     @classmethod
