@@ -235,6 +235,9 @@ def test_on_a_gpu_only_the_images_go_up_and_the_map_and_score_come_down(monkeypa
         np.testing.assert_allclose(gpu_old.run(images[0], plan, noise).score, expected[0], rtol=1e-6)
         # image, the hint per draw, the noised latents and their mean up; latent, hint, last step, map, score down
         assert (transfers.up, transfers.down) == (4, 5)
+        transfers.reset()
+        gpu_old.run(images[0], ddim_plan(0), noise)  # the VAE-only plan noises nothing: its latent stays on the device
+        assert (transfers.up, transfers.down) == (1, 2)
     finally:
         gpu.close()
         gpu_old.close()

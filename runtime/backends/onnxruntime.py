@@ -334,7 +334,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> BackendOutput:
         """The sequence (:func:`runtime.sequence.infer`) on one batch, through :class:`SessionStages`."""
         clock = WallClock()
-        stages = SessionStages(self, noise)
+        stages = SessionStages(self, noise, plan)
         image = self.to_device(images.astype(np.float32, copy=False))
         done = infer(stages, image, plan, 1 if plan.vae_only else stages.draws, clock)
         amap, score = done.scored
@@ -357,15 +357,16 @@ class SessionStages:
     over draws counted in the last.
     """
 
-    def __init__(self, backend: OnnxRuntimeBackend, noise: np.ndarray):
+    def __init__(self, backend: OnnxRuntimeBackend, noise: np.ndarray, plan: DDIMPlan):
         self.backend, self.noise_draws = backend, noise
         self.draws = len(as_draws(noise))
         self.on_device = backend.manifest.has_draw_graphs and self.draws == backend.manifest.draws
+        self.latent_on_host = not self.on_device and not plan.vae_only  # to be noised on the host
         self.step_seconds: list[float] = []
 
     def encode(self, image):
         b, shape = self.backend, (image.shape()[0], *self.backend.manifest.latent_shape)
-        latent = b.device_buffer(shape) if self.on_device else b.host_buffer(shape)
+        latent = b.host_buffer(shape) if self.latent_on_host else b.device_buffer(shape)
         b.run_component("vae_encoder", [image], [latent])
         return latent
 
