@@ -196,7 +196,7 @@ LOWEST_GAIN = 0.9 * (1 - 0.25 / math.sqrt(2))  # the darkest lighting of render:
 
 @pytest.mark.parametrize("class_name", parts.CLASSES)
 def test_parts_defects_change_exactly_the_masked_pixels(class_name):
-    least = math.floor(parts.VISIBLE * LOWEST_GAIN * 255) - 1  # a visible change after lighting and rounding
+    least = math.floor(scenes.VISIBLE * LOWEST_GAIN * 255) - 1  # a visible change after lighting and rounding
     for defect in parts.DEFECTS:
         for seed in range(3):
             clean, none = parts.render(class_name, np.random.default_rng(seed))
@@ -206,14 +206,14 @@ def test_parts_defects_change_exactly_the_masked_pixels(class_name):
             change = np.abs(image.astype(np.int16) - clean).max(axis=2)
             assert not change[mask == 0].any(), f"{class_name}/{defect}: change outside the mask"
             assert (change[mask == 1] >= least).mean() > 0.99, f"{class_name}/{defect}: mask covers small changes"
-            assert parts.MIN_AREA <= mask.mean() <= parts.MAX_AREA
+            assert scenes.MIN_AREA <= mask.mean() <= scenes.MAX_AREA
 
             # before lighting, noise and rounding the rule is exact: every masked pixel moves by VISIBLE or more
             rng = np.random.default_rng(seed)
             scene = parts.SCENES[class_name](rng, 128)
             defective, exact = scenes.add_defect(rng, scene, parts.DEFECT_MAKERS[defect])
             change = np.abs(defective - scene.image).max(axis=2)
-            assert not change[~exact].any() and change[exact].min() >= parts.VISIBLE - 1e-6
+            assert not change[~exact].any() and change[exact].min() >= scenes.VISIBLE - 1e-6
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -222,7 +222,7 @@ def test_parts_defect_areas_stay_in_range_at_small_sizes(size):
         for defect in parts.DEFECTS:
             for seed in range(3, 6):
                 _, mask = parts.render(class_name, np.random.default_rng(seed), defect, size)
-                assert parts.MIN_AREA <= mask.mean() <= parts.MAX_AREA, f"{class_name}/{defect}/{seed} at {size}"
+                assert scenes.MIN_AREA <= mask.mean() <= scenes.MAX_AREA, f"{class_name}/{defect}/{seed} at {size}"
 
 
 def test_parts_render_is_deterministic_and_varies():
