@@ -401,7 +401,7 @@ def big_rows(
     import numpy as np
 
     from benchmarks.sd15_latency import rows_at_steps
-    from runtime.backends.base import STAGES
+    from runtime.sequence import STAGES
     from runtime.schedule import fixed_noise
 
     images = np.random.default_rng(batch).standard_normal((batch, 3, config.image_size, config.image_size), np.float32)

@@ -28,9 +28,10 @@ from benchmarks.memory import status_mib
 from benchmarks.reference import REFERENCE_PLAN, ReferenceBackend
 from benchmarks.sd15_export import random_sd15
 from benchmarks.torch_pipeline import TorchBackend
-from runtime.backends.base import STAGES, BackendOutput
+from runtime.backends.base import BackendOutput
 from runtime.cli import run_cli
 from runtime.schedule import DDIMPlan, ddim_plan, fixed_noise
+from runtime.sequence import STAGES
 
 
 @dataclass

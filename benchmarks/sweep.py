@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.memory import reset_peak, status_mib
-from runtime.backends.base import STAGES, BackendOutput
+from runtime.backends.base import BackendOutput
 from runtime.cli import run_cli
 from runtime.devices import DEVICE_HELP, PROVIDERS
 from runtime.errors import BackendError, DatasetLayoutError, DiadError
@@ -46,6 +46,7 @@ from runtime.manifest import Manifest
 from runtime.metrics import per_class
 from runtime.preprocess import preprocess, preprocess_mask, read_image, read_mask
 from runtime.schedule import DDIMPlan, ddim_plan
+from runtime.sequence import STAGES
 from training.data import load_index
 from training.evaluate import limit_per_class
 

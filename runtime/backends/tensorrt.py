@@ -397,15 +397,16 @@ class Slot:
     def noise(self, latent: int, hint: int, plan: DDIMPlan) -> tuple[int, int]:
         """``noise_latents`` on the draws held on the device, with the coefficients of the plan's loop."""
         self._hold_noise(self.job["noise"])
-        loop = self.loop_for(plan, self.job["batch"] * self.draws)
+        loop = self.job["loop"] = self.loop_for(plan, self.job["batch"] * self.draws)
         for k, name in enumerate(NOISE_INPUTS):
             self.contexts["noise_latents"].bind(name, loop.noise_input(k))
         self._run("noise_latents", self.job["batch"])
         return self.device["x0"], self.device["hints"]
 
     def loop(self, x: int, hints: int, plan: DDIMPlan) -> int:
-        """The (batch, plan) loop: its CUDA graph replayed, or its steps enqueued."""
-        loop = self.loop_for(plan, self.job["batch"] * self.draws)
+        """The (batch, plan) loop :meth:`noise` took its coefficients from: its CUDA graph replayed, or its steps
+        enqueued."""
+        loop = self.job["loop"]
         loop.run()
         return loop.output
 
